@@ -1,0 +1,66 @@
+"""Checkpoints: written atomically, kept to the last K, loaded with a fallback past corrupt files.
+
+A checkpoint is one file, checkpoints/<stage>/step_000123.pt, holding everything needed to resume exactly:
+model, optimizers, data-loader positions (one per rank), RNG states, step, elapsed time and the config.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from picochat.common import atomic_path, print0
+
+PATTERN = re.compile(r"step_(\d+)\.pt$")
+
+
+def checkpoint_dir(home: Path, stage: str) -> Path:
+    return Path(home) / "checkpoints" / stage
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in step order, oldest first."""
+    directory = Path(directory)
+    found = [p for p in directory.glob("step_*.pt") if PATTERN.search(p.name)]
+    return sorted(found, key=lambda p: int(PATTERN.search(p.name).group(1)))
+
+
+def save_checkpoint(directory: str | Path, step: int, state: dict, keep_last: int) -> Path:
+    path = Path(directory) / f"step_{step:06d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in list_checkpoints(directory)[:-keep_last]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch reports a truncated zip as RuntimeError
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from e
+
+
+def load_latest(directory: str | Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:
+    """Newest readable checkpoint; corrupt ones are reported in one line each and skipped."""
+    candidates = list_checkpoints(directory)
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint to resume from in {directory}")
+    for path in reversed(candidates):
+        try:
+            return path, load_checkpoint(path, device)
+        except ValueError as error:
+            print0(f"warning: {error}; falling back to the previous checkpoint")
+    raise ValueError(f"every checkpoint in {directory} is corrupt; start again without --resume")
+
+
+def resolve_resume(resume: str, directory: Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:
+    """--resume latest -> newest good checkpoint of this stage; --resume PATH -> exactly that file."""
+    if resume == "latest":
+        return load_latest(directory, device)
+    return Path(resume), load_checkpoint(resume, device)

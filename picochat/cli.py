@@ -1,0 +1,73 @@
+"""`picochat <group> <command> [--flags]`: the one entry point the scripts call.
+
+Each command is a (config dataclass, run function) pair in its own module, imported only when used, so
+`picochat --help` is instant. Flags come from the dataclass (picochat/config.py). Bad input prints one
+line and exits 2; there is no traceback for user mistakes.
+
+    picochat data prepare --source offline
+    picochat tokenizer train --vocab-size 8192
+    picochat train --stage base --depth 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from picochat import config as cfg
+from picochat.common import fail
+
+# (group, command) -> (module, config classes, run function, help). `train` has no sub-command.
+COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
+    ("data", "prepare"): ("picochat.data.prepare", "PrepareConfig", "run",
+                          "build the pretraining corpus (FineWeb-Edu download or offline packages)"),
+    ("data", "download"): ("picochat.data.download", "DownloadConfig", "run",
+                           "download FineWeb-Edu parquet shards from Hugging Face"),
+    ("tokenizer", "train"): ("picochat.tokenizer", "TokenizerTrainConfig", "train_command",
+                             "train the BPE tokenizer on the corpus"),
+    ("tokenizer", "eval"): ("picochat.tokenizer", "TokenizerEvalConfig", "eval_command",
+                            "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
+    ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
+                      "train a model: --stage base (mid and sft follow)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: picochat <command> [--flags]   (picochat <command> --help for its flags)", ""]
+    for (group, command), (*_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(filter(None, (group, command))):<20} {help_text}")
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]) -> tuple[tuple[str, str | None], list[str]]:
+    if (argv[0], None) in COMMANDS:
+        return (argv[0], None), argv[1:]
+    if len(argv) >= 2 and (argv[0], argv[1]) in COMMANDS:
+        return (argv[0], argv[1]), argv[2:]
+    known = sorted({" ".join(filter(None, key)) for key in COMMANDS})
+    fail(f"unknown command {' '.join(argv[:2])!r}; choose one of: {', '.join(known)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    key, rest = _find_command(argv)
+    module_name, class_names, function_name, help_text = COMMANDS[key]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
+    for class_name in class_names.split():  # a command may combine several config parts
+        cfg.add_arguments(parser, getattr(module, class_name))
+    args = parser.parse_args(rest)
+    try:
+        getattr(module, function_name)(args)
+    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Download FineWeb-Edu parquet shards from Hugging Face: nanochat's real pretraining corpus.
+
+The first step of the pipeline when there is network. Shards land in $PICOCHAT_HOME/data/base/ in the
+format of shards.py, fetched in parallel, resumed after a dropped connection, retried with backoff, and
+recorded with their sha256 in manifest.json.
+
+    picochat data download --num-shards 8 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from picochat.common import atomic_write_text, picochat_home
+from picochat.config import build, option
+from picochat.data.shards import MANIFEST, corpus_dir, open_shard, read_manifest, shard_name
+
+FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+FINEWEB_SHARDS = 1823   # shard_00000 .. shard_01822, ~100 MB each (~170 GB in all)
+SOURCE = "fineweb-edu"
+USER_AGENT = "picochat-download/0.1"
+CHUNK_BYTES = 1 << 20   # 1 MiB reads: few syscalls, little memory per worker
+
+# What one failed attempt can raise: socket/HTTP errors (OSError, incl. URLError and timeouts),
+# a malformed HTTP response (HTTPException is not an OSError), or a file that is not a shard (ValueError).
+RETRYABLE = (OSError, http.client.HTTPException, ValueError)
+
+
+@dataclass
+class DownloadConfig:
+    num_shards: int = option(8, "how many shards to fetch, from shard 0; the last one is the val split (-1 = all)")
+    workers: int = option(4, "parallel downloads")
+    base_url: str = option(FINEWEB_URL, "where shard_NNNNN.parquet files are served from")
+    retries: int = option(5, "attempts per shard before giving up")
+    timeout: float = option(30.0, "seconds to wait on a silent connection before retrying")
+    home: str = option("", "artifact root; empty means $PICOCHAT_HOME or ~/.cache/picochat")
+    output: str = option("", "folder for the shards; empty means <home>/data/base")
+
+    def __post_init__(self):
+        if self.num_shards != -1 and not 2 <= self.num_shards <= FINEWEB_SHARDS:
+            raise ValueError(f"--num-shards must be -1 (all) or 2..{FINEWEB_SHARDS} (one train shard plus "
+                             f"the last as val), got {self.num_shards}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.retries < 1:
+            raise ValueError(f"--retries must be >= 1 (attempts per shard), got {self.retries}")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
+
+
+def run(args: argparse.Namespace | dict) -> list[Path]:
+    """`picochat data download`: fetch the first --num-shards shards into --output."""
+    config = build(DownloadConfig, args)
+    directory = Path(config.output) if config.output else corpus_dir(picochat_home(config.home or None), "base")
+    count = FINEWEB_SHARDS if config.num_shards == -1 else config.num_shards
+    paths = download_shards(range(count), directory, config.base_url, workers=config.workers,
+                            retries=config.retries, timeout=config.timeout)
+    size = sum(path.stat().st_size for path in paths)
+    print(f"{len(paths)} FineWeb-Edu shards ({size / 1e9:.2f} GB) ready in {directory}", flush=True)
+    return paths
+
+
+def shard_url(base_url: str, name: str) -> str:
+    return f"{base_url.rstrip('/')}/{name}"
+
+
+def network_reachable(base_url: str = FINEWEB_URL, timeout: float = 3.0) -> bool:
+    """True if shard 0 answers a HEAD request within `timeout`; used to fall back to the offline corpus."""
+    request = urllib.request.Request(shard_url(base_url, shard_name(0)), method="HEAD",
+                                     headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except (OSError, http.client.HTTPException):  # URLError, HTTPError and timeouts are all OSErrors
+        return False
+
+
+def download_shards(indices, directory: str | Path, base_url: str = FINEWEB_URL, workers: int = 4,
+                    retries: int = 5, timeout: float = 30.0, backoff: float = 1.0) -> list[Path]:
+    """Download shards `indices` into `directory` (skipping valid ones), refresh the manifest, return paths.
+
+    Raises ConnectionError naming the first shard that failed all `retries` attempts.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    recorded = _recorded_shards(directory)
+    indices = list(indices)
+    paths: dict[int, Path] = {}
+    fresh: set[Path] = set()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_download_one, index, directory, base_url, recorded, retries, timeout,
+                               backoff): index for index in indices}
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), unit="shard", desc=SOURCE):
+                path, downloaded = future.result()
+                paths[futures[future]] = path
+                if downloaded:
+                    fresh.add(path)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # don't start queued shards; running ones finish
+            raise
+    ordered = [paths[index] for index in indices]
+    _write_manifest(directory, base_url, ordered, fresh, recorded)
+    return ordered
+
+
+def _recorded_shards(directory: Path) -> dict[str, dict]:
+    """Manifest entries by file name; refuses to mix FineWeb shards into another corpus's folder."""
+    manifest = read_manifest(directory)
+    if manifest and manifest.get("source") != SOURCE:
+        raise ValueError(f"{directory} already holds a {manifest.get('source', 'different')!r} corpus; "
+                         "pass another --output or delete that folder first")
+    return {entry["file"]: entry for entry in manifest.get("shards", [])}
+
+
+def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str, dict], retries: int,
+                  timeout: float, backoff: float) -> tuple[Path, bool]:
+    """(path, whether it was downloaded now) for one shard, retrying with exponential backoff."""
+    name = shard_name(index)
+    final, part = directory / name, directory / f"{name}.part"
+    if _is_complete(final, recorded.get(name)):
+        part.unlink(missing_ok=True)
+        return final, False
+    url = shard_url(base_url, name)
+    last_error: BaseException | None = None
+    for attempt in range(retries):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))  # 1, 2, 4, 8 s: let a busy server recover
+        try:
+            _fetch(url, part, timeout)
+            _move_into_place(part, final)
+            return final, True
+        except RETRYABLE as error:
+            last_error = error
+    raise ConnectionError(f"could not download {name} from {url} after {retries} attempts: "
+                          f"{type(last_error).__name__}: {last_error}")
+
+
+def _is_complete(path: Path, entry: dict | None) -> bool:
+    """A shard on disk counts as done if it opens as parquet and has the size the manifest recorded."""
+    if not path.exists():
+        return False
+    if entry is not None and path.stat().st_size != entry["bytes"]:
+        return False
+    try:
+        open_shard(path)  # reads only the footer, so checking 1,823 shards stays cheap
+    except ValueError:
+        return False
+    return True
+
+
+def _fetch(url: str, part: Path, timeout: float) -> None:
+    """One HTTP attempt: fill `part`, resuming from its current size with a Range request."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": USER_AGENT}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416:  # the partial file is already as long as the shard: start over cleanly
+            part.unlink(missing_ok=True)
+        raise
+    with response:
+        if response.status == 206:
+            start, total = _parse_content_range(response.headers.get("Content-Range"))
+            if start != have:
+                part.unlink(missing_ok=True)
+                raise ConnectionError(f"asked for bytes from {have}, server sent from {start}")
+            mode = "ab"
+        else:  # 200: the server ignored Range and sent the whole file
+            length = response.headers.get("Content-Length")
+            total, mode = (int(length) if length else None), "wb"
+        with open(part, mode) as file:
+            shutil.copyfileobj(response, file, CHUNK_BYTES)
+    _check_size(part, total)
+
+
+def _parse_content_range(header: str | None) -> tuple[int, int | None]:
+    """'bytes 100-199/200' -> (100, 200); the total is None when the server writes '*'."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (header or "").strip())
+    if match is None:
+        raise ConnectionError(f"206 response with a bad Content-Range header {header!r}")
+    return int(match.group(1)), None if match.group(2) == "*" else int(match.group(2))
+
+
+def _check_size(part: Path, total: int | None) -> None:
+    # http.client returns a short body silently when the server hangs up early, so count the bytes.
+    size = part.stat().st_size
+    if total is None or size == total:
+        return
+    if size > total:
+        part.unlink()  # more bytes than the file has: the partial file is garbage, not resumable
+    raise ConnectionError(f"transfer ended early: got {size} of {total} bytes")
+
+
+def _move_into_place(part: Path, final: Path) -> None:
+    """Check the bytes form a shard, then fsync and rename, so `final` is never half a file."""
+    try:
+        open_shard(part)
+    except ValueError as error:
+        part.unlink()  # complete but wrong bytes: resuming would keep them, so refetch from scratch
+        raise ValueError(f"not a parquet shard with a text column ({error.__cause__ or error})") from error
+    with open(part, "rb+") as file:
+        os.fsync(file.fileno())
+    os.replace(part, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _write_manifest(directory: Path, base_url: str, paths: list[Path], fresh: set[Path],
+                    recorded: dict[str, dict]) -> None:
+    """Record file, bytes and sha256 of every shard present, hashing only what changed since last time."""
+    entries = {name: entry for name, entry in recorded.items() if (directory / name).exists()}
+    for path in paths:
+        old = entries.get(path.name)
+        if path in fresh or old is None or old["bytes"] != path.stat().st_size:
+            entries[path.name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"source": SOURCE, "base_url": base_url, "shards": [entries[name] for name in sorted(entries)]}
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,40 @@
+"""Validation bits per byte (bpb): the loss in bits, divided by the UTF-8 bytes the targets stand for.
+
+Unlike the loss per token, bpb does not change when the vocabulary does, so runs with different
+tokenizers compare. Special tokens (0 bytes) and masked targets are left out of both sums.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from picochat.data.loader import IGNORE_INDEX
+
+
+@torch.no_grad()
+def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, max_tokens: int, runtime) -> float:
+    """Mean bits per byte over about max_tokens target tokens (split across ranks)."""
+    token_bytes = token_bytes.to(runtime.device)
+    nats = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    n_bytes = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    seen, budget = 0, max(1, max_tokens // runtime.world_size)
+    was_training = model.training
+    model.eval()
+    for inputs, targets in batches:
+        with runtime.autocast():
+            losses = model(inputs, targets, reduction="none")  # (B, T) nats per token
+        bytes_per_target = token_bytes[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
+        nats += (losses.double() * (bytes_per_target > 0)).sum()
+        n_bytes += bytes_per_target.sum()
+        seen += targets.numel()
+        if seen >= budget:
+            break
+    model.train(was_training)
+    if runtime.distributed:
+        dist.all_reduce(nats)
+        dist.all_reduce(n_bytes)
+    return (nats / (math.log(2) * n_bytes.clamp(min=1))).item()

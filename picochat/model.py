@@ -1,0 +1,252 @@
+"""The GPT: a depth-parameterised Transformer, in the modern nanochat style.
+
+- rotary position embeddings, no learned positions; QK-norm; RMSNorm without learnable parameters
+- relu^2 MLP, no biases anywhere, untied token embedding and lm_head, tanh soft-cap on the logits
+- grouped-query attention (n_kv_head < n_head), and an optional KV cache for generation (the engine)
+- the loss is computed by a chunked, fused lm_head + cross-entropy, so the full (tokens x vocab) logits
+  never exist at once: the vocab-sized matmul dominates small models and is memory-bound otherwise.
+
+    model = GPT(GPTConfig.from_depth(4, vocab_size=8192, sequence_len=512))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picochat.data.loader import IGNORE_INDEX
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 512
+    vocab_size: int = 8192
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    n_kv_head: int = 4          # < n_head: grouped-query attention
+    softcap: float = 15.0       # logits = softcap * tanh(logits / softcap)
+
+    @classmethod
+    def from_depth(cls, depth: int, vocab_size: int, sequence_len: int, head_dim: int = 0,
+                   kv_head_ratio: int = 1) -> "GPTConfig":
+        """Everything follows from depth: width = 64 * depth (nanochat's aspect ratio)."""
+        n_embd = depth * 64
+        head_dim = head_dim or (128 if n_embd >= 512 else 64)  # 64 keeps tiny CPU models multi-headed
+        n_head = max(1, n_embd // head_dim)
+        if n_embd % n_head or n_head % kv_head_ratio:
+            raise ValueError(f"depth {depth} gives width {n_embd}, which {n_head} heads "
+                             f"(kv ratio {kv_head_ratio}) do not divide; choose another --depth or --head-dim")
+        return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_embd=n_embd,
+                   n_head=n_head, n_kv_head=n_head // kv_head_ratio)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))  # no learnable scale: one less thing to tune
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, D); cos/sin: (1, T, 1, D/2). Rotates pairs (first half, second half) of each head."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class KVCache:
+    """Keys and values of past positions for every layer, so generation feeds one new token at a time."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # tokens already cached
+
+    def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
+        end = self.pos + k.size(2)
+        if end > self.k.size(3):
+            raise ValueError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if layer == self.k.size(0) - 1:
+            self.pos = end
+        return keys, values
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer, self.n_head, self.n_kv_head, self.head_dim = layer, config.n_head, config.n_kv_head, config.head_dim
+        self.c_q = nn.Linear(config.n_embd, config.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple, kv_cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = norm(apply_rotary(q, *cos_sin)), norm(apply_rotary(k, *cos_sin))  # QK-norm
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.insert(self.layer, k, v)
+        Tq, Tk = q.size(2), k.size(2)
+        mask = None
+        if Tq != Tk and Tq > 1:  # new tokens after a cached prefix: see the prefix plus a causal block
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(Tq == Tk and Tq > 1),
+                                           enable_gqa=self.n_head != self.n_kv_head)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # relu^2: cheap and a little better than GELU
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos_sin, kv_cache):
+        x = x + self.attn(norm(x), cos_sin, kv_cache)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Rotary tables cover 10x the training length so generation can run past it.
+        cos, sin = rotary_tables(config.sequence_len * 10, config.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):  # fan-in scaled, shrunk for wide-output layers
+                fan_out, fan_in = module.weight.shape
+                nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in)))
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)  # start from near-uniform predictions
+        for block in self.blocks:  # residual branches start as identity
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+
+    def trunk(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, C) final hidden states."""
+        start = kv_cache.pos if kv_cache is not None else 0
+        T = idx.size(1)
+        if start + T > self.cos.size(1):
+            raise ValueError(f"sequence of {start + T} tokens exceeds the rotary table ({self.cos.size(1)})")
+        cos_sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos_sin, kv_cache)
+        return norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                reduction: str = "sum") -> torch.Tensor:
+        """With targets: the loss (sum over unmasked tokens, or per token with reduction='none').
+        Without: soft-capped fp32 logits (B, T, vocab) for generation."""
+        x = self.trunk(idx, kv_cache)
+        if targets is None:
+            logits = self.lm_head(x).float()
+            return self.config.softcap * torch.tanh(logits / self.config.softcap)
+        return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction)
+
+    # ---- accounting ------------------------------------------------------------------------------------
+
+    def num_params(self) -> dict[str, int]:
+        embedding = self.wte.weight.numel()
+        head = self.lm_head.weight.numel()
+        total = sum(p.numel() for p in self.parameters())
+        return {"total": total, "embedding": embedding, "lm_head": head, "blocks": total - embedding - head}
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token as nanochat counts them: 6 x non-embedding params + attention."""
+        c = self.config
+        return 6 * (self.num_params()["total"] - self.wte.weight.numel()) + 12 * c.n_layer * c.n_embd * c.sequence_len
+
+    def describe(self) -> dict:
+        return {**asdict(self.config), "params": self.num_params(), "flops_per_token": self.flops_per_token()}
+
+
+def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, length, 1, head_dim/2) cos and sin tables."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fused lm_head + soft-cap + cross-entropy, chunked over tokens
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of token losses. The forward pass also computes the gradients chunk by chunk (the loss is a sum,
+    so d(loss)/d(logits) = softmax - onehot is known right away); backward only scales them. Memory holds
+    one (chunk x vocab) block of logits instead of all (tokens x vocab)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, softcap, chunk_rows):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            xs, ts = x[start:start + chunk_rows], targets[start:start + chunk_rows]
+            capped = softcap * torch.tanh((xs @ weight.t()).float() / softcap)  # (rows, vocab)
+            valid = ts != IGNORE_INDEX
+            safe_targets = ts.clamp(min=0)
+            log_z = torch.logsumexp(capped, dim=-1)
+            picked = capped.gather(1, safe_targets[:, None]).squeeze(1)
+            total += ((log_z - picked) * valid).sum()
+            if needs_grad:
+                grad = torch.softmax(capped, dim=-1)
+                grad.scatter_add_(1, safe_targets[:, None], -torch.ones_like(picked[:, None]))
+                grad *= valid[:, None]
+                grad *= 1 - (capped / softcap).square()  # through the tanh soft-cap
+                grad_x[start:start + chunk_rows] = grad @ weight  # autocast picks the matmul dtype
+                grad_w += grad.t() @ xs
+        ctx.save_for_backward(grad_x, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_output, grad_w * grad_output, None, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                         reduction: str = "sum", chunk_elements: int = 1 << 22) -> torch.Tensor:
+    """x: (B, T, C), weight: (V, C), targets: (B, T) with IGNORE_INDEX for masked positions."""
+    B, T, C = x.shape
+    flat_x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
+    if reduction == "none":  # evaluation: per-token losses, no gradients needed
+        logits = softcap * torch.tanh((flat_x @ weight.t()).float() / softcap)
+        losses = F.cross_entropy(logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="none")
+        return losses.view(B, T)
+    chunk_rows = max(16, chunk_elements // weight.size(0))
+    return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, softcap, chunk_rows)

@@ -1,0 +1,458 @@
+"""THE training loop. Base pretraining, mid-training and SFT all run here; a Stage (stages.py) says what
+differs: batches, loss mask, LR schedule, starting checkpoint. One process, or many under torchrun (DDP).
+
+    picochat train --stage base --depth 4 --time-budget 8
+    torchrun --standalone --nproc_per_node=8 -m picochat.cli train --stage base --depth 20
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from picochat.checkpoint import checkpoint_dir, load_latest, resolve_resume, save_checkpoint
+from picochat.common import Runtime, atomic_write_text, picochat_home, print0, setup_runtime, teardown_runtime
+from picochat.config import build, describe, option
+from picochat.data.loader import IGNORE_INDEX
+from picochat.evals.bpb import evaluate_bpb
+from picochat.model import GPT, GPTConfig
+from picochat.optim import OptimConfig, build_optimizers, set_lr
+from picochat.perf import peak_flops, peak_rss_bytes
+from picochat.stages import STAGES, Stage
+from picochat.tokenizer import load_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    stage: str = option("base", "which stage to run", choices=tuple(STAGES))
+    # model shape (base only: later stages take the shape from their starting checkpoint)
+    depth: int = option(4, "number of Transformer blocks; width is 64 x depth")
+    max_seq_len: int = option(512, "tokens per training sequence")
+    head_dim: int = option(0, "attention head size (0: 64 below width 512, else 128)")
+    kv_head_ratio: int = option(1, "query heads per key/value head (>1: grouped-query attention)")
+    # batch
+    device_batch_size: int = option(8, "sequences per micro-batch on each process")
+    total_batch_size: int = option(0, "tokens per optimizer step over all processes; gradient "
+                                      "accumulation makes up the rest (0: one micro-batch per process)")
+    # how long: the first one set wins
+    num_iterations: int = option(0, "optimizer steps to take")
+    time_budget: float = option(0.0, "minutes of training; the LR schedule follows elapsed time")
+    target_param_data_ratio: float = option(20.0, "tokens per parameter, when neither of the above is set")
+    # evaluation and checkpoints
+    eval_every: int = option(100, "steps between val bpb evaluations (0: only at the start and end)")
+    eval_tokens: int = option(65536, "target tokens per val bpb evaluation")
+    save_every: int = option(0, "also checkpoint every N steps (0: only at the end or on a signal)")
+    keep_last: int = option(2, "checkpoints of this stage to keep")
+    resume: str = option("", "resume from the newest good checkpoint of this stage, or from PATH",
+                         const="latest")
+    # where and how it runs
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
+                        choices=("auto", "float32", "bfloat16"))
+    compile: bool = option(True, "torch.compile the model (falls back to eager where it fails)")
+    seed: int = option(42, "random seed for the weight init")
+    on_nonfinite: str = option("stop", "on a NaN/inf loss: stop, or skip that step", choices=("stop", "skip"))
+    wandb: bool = option(False, "also log to Weights & Biases (when installed)")
+    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
+
+    def __post_init__(self):
+        positive = ("depth", "max_seq_len", "device_batch_size", "keep_last", "eval_tokens", "kv_head_ratio")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio",
+                        "eval_every", "save_every", "head_dim")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.num_iterations == 0 and self.time_budget == 0 and self.target_param_data_ratio == 0:
+            raise ValueError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
+
+    @property
+    def home_path(self) -> Path:
+        return picochat_home(self.home or None)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0   # time in optimizer steps only (no evals, no checkpoint writes)
+    skipped_steps: int = 0
+    val_bpb: float = float("nan")
+
+
+class NonFiniteLoss(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+def run(args) -> TrainState:
+    stage_name = (vars(args) if not isinstance(args, dict) else args).get("stage", "base")
+    if stage_name not in STAGES:
+        raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage_name!r}")
+    stage = STAGES[stage_name]()
+    config = build(TrainConfig, args, preset=stage.preset)
+    optim_config = build(OptimConfig, args, preset=stage.preset)
+    runtime = setup_runtime(config.device, config.dtype)
+    try:
+        return train(config, optim_config, stage, runtime)
+    finally:
+        teardown_runtime(runtime)
+
+
+def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime) -> TrainState:
+    out_dir = checkpoint_dir(config.home_path, stage.name)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(config.home_path)
+    model_config = GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len,
+                                        config.head_dim, config.kv_head_ratio)
+    grad_accum = gradient_accumulation_steps(config, runtime.world_size)
+    model = GPT(model_config).to(runtime.device)
+    optimizers = build_optimizers(model, optim_config, runtime.dtype)
+    state, loader_state = start_state(config, stage, model, optimizers, runtime, out_dir)
+    train_loader = stage.train_batches(tokenizer, config, runtime, loader_state)
+    tokens_per_step = config.device_batch_size * config.max_seq_len * runtime.world_size * grad_accum
+    num_iterations = plan_iterations(config, model, tokens_per_step)
+
+    print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
+           f"{describe(config)}\n{describe(optim_config)}")
+    print0(f"model: {model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token; "
+           f"{tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) x {runtime.world_size} process(es)")
+    step_model = prepare_model(model, config, runtime)
+    peak, peak_source = peak_flops(runtime.device, runtime.dtype)
+    print0(f"peak {runtime.dtype} matmul: {peak / 1e9:,.0f} GFLOP/s ({peak_source})")
+
+    context = LoopContext(config, optim_config, stage, runtime, model, step_model, optimizers, train_loader,
+                          tokenizer, out_dir, grad_accum, tokens_per_step, num_iterations, peak)
+    return training_loop(context, state)
+
+
+@dataclass
+class LoopContext:
+    """Everything the loop needs, built once by train()."""
+    config: TrainConfig
+    optim_config: OptimConfig
+    stage: Stage
+    runtime: Runtime
+    model: GPT                     # the plain module: checkpoints and evals use it
+    step_model: torch.nn.Module    # what the step calls: maybe compiled, maybe DDP-wrapped
+    optimizers: list
+    train_loader: object
+    tokenizer: object
+    out_dir: Path
+    grad_accum: int
+    tokens_per_step: int
+    num_iterations: int            # 0 when a time budget decides
+    peak_flops: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop: next batch, forward/backward, step, log, maybe eval, maybe save
+
+def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
+    config, runtime = ctx.config, ctx.runtime
+    metrics = MetricsLog(ctx.out_dir / "metrics.jsonl", runtime, state.step, config.wandb, ctx)
+    stop = StopSignal()
+    bar = tqdm(total=ctx.num_iterations or None, initial=state.step, disable=not runtime.is_main,
+               dynamic_ncols=True, mininterval=1.0)
+    while progress(ctx, state) < 1:
+        if config.eval_every and state.step % config.eval_every == 0:
+            evaluate(ctx, state, metrics)
+        lr = ctx.stage.lr_schedule(progress(ctx, state), ctx.optim_config)
+        set_lr(ctx.optimizers, lr)
+        start = time.perf_counter()
+        batches = [next(ctx.train_loader) for _ in range(ctx.grad_accum)]
+        loss = forward_backward(ctx.step_model, batches, runtime)
+        finite = check_loss(loss, state, config)
+        for optimizer in ctx.optimizers:
+            if finite:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
+        state.step += 1
+        state.tokens += ctx.tokens_per_step
+        state.train_seconds += seconds
+        metrics.log(step_metrics(ctx, state, loss, lr, seconds))
+        bar.set_postfix_str(metrics.summary(), refresh=False)
+        bar.update(1)
+        if stop_requested:
+            save(ctx, state)
+            print0(f"\nstopped by signal at step {state.step}; checkpoint written. Resume with --resume")
+            return state
+        if config.save_every and state.step % config.save_every == 0:
+            save(ctx, state)
+    bar.close()
+    evaluate(ctx, state, metrics)
+    save(ctx, state)
+    if runtime.is_main:  # marks the stage finished, for the pipeline script and the report
+        atomic_write_text(ctx.out_dir / "done.json", json.dumps({**asdict(state), **metrics.last}, indent=2))
+    print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
+           f"val bpb {state.val_bpb:.4f}; checkpoint in {ctx.out_dir}")
+    return state
+
+
+def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtime) -> float:
+    """Accumulate gradients of sum(token losses) / (unmasked targets over all micro-batches and ranks).
+
+    Counting first means an all-masked micro-batch adds exactly 0 to loss and gradients, never NaN.
+    Returns the step's mean loss over all ranks."""
+    count = sum((targets != IGNORE_INDEX).sum() for _, targets in batches)
+    loss_sum = torch.zeros((), device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(count)
+    scale = runtime.world_size / count.clamp(min=1)  # DDP averages gradients over ranks: undo that
+    for index, (inputs, targets) in enumerate(batches):
+        last = index == len(batches) - 1
+        with (nullcontext() if last or not isinstance(step_model, DDP) else step_model.no_sync()):
+            with runtime.autocast():
+                loss = step_model(inputs, targets)
+            (loss * scale).backward()
+        loss_sum += loss.detach()
+    if runtime.distributed:
+        dist.all_reduce(loss_sum)
+    return (loss_sum / count.clamp(min=1)).item()
+
+
+def check_loss(loss: float, state: TrainState, config: TrainConfig) -> bool:
+    """False when this step's update must be skipped; raises when the run must stop."""
+    if math.isfinite(loss):
+        return True
+    if config.on_nonfinite == "stop":
+        raise NonFiniteLoss(f"loss is {loss} at step {state.step + 1}; stopped without writing a checkpoint "
+                            "(the last good one is kept). Lower the LR, or pass --on-nonfinite skip")
+    state.skipped_steps += 1
+    print0(f"\nwarning: loss is {loss} at step {state.step + 1}; skipped this update")
+    return False
+
+
+def progress(ctx: LoopContext, state: TrainState) -> float:
+    if ctx.num_iterations:
+        return state.step / ctx.num_iterations
+    return state.train_seconds / (ctx.config.time_budget * 60)
+
+
+def agree(seconds: float, stop_requested: bool, runtime: Runtime) -> tuple[float, bool]:
+    """Every rank must take the same decisions: use the slowest rank's time and anyone's stop request."""
+    if not runtime.distributed:
+        return seconds, stop_requested
+    values = torch.tensor([seconds, float(stop_requested)], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values[0].item(), bool(values[1].item())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Set-up helpers
+
+def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
+    per_micro_step = config.device_batch_size * config.max_seq_len * world_size
+    if config.total_batch_size == 0:
+        return 1
+    if config.total_batch_size % per_micro_step:
+        raise ValueError(f"--total-batch-size {config.total_batch_size} must be a multiple of "
+                         f"--device-batch-size x --max-seq-len x processes = {per_micro_step}")
+    return config.total_batch_size // per_micro_step
+
+
+def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> int:
+    """Steps to run; 0 means a time budget decides."""
+    if config.num_iterations:
+        return config.num_iterations
+    if config.time_budget:
+        return 0
+    tokens = config.target_param_data_ratio * model.num_params()["total"]
+    return max(1, round(tokens / tokens_per_step))
+
+
+def start_state(config, stage, model, optimizers, runtime, out_dir) -> tuple[TrainState, dict | None]:
+    """Fresh start, resume (everything), or a later stage's start from an earlier stage (weights only)."""
+    if config.resume:
+        path, checkpoint = resolve_resume(config.resume, out_dir, runtime.device)
+        print0(f"resuming from {path}")
+        return restore(checkpoint, model, optimizers, runtime)
+    if runtime.is_main:
+        set_aside_old_run(out_dir)
+    if stage.init_from:
+        path, checkpoint = load_latest(checkpoint_dir(config.home_path, stage.init_from), runtime.device)
+        print0(f"starting from {stage.init_from} checkpoint {path}")
+        load_model_weights(model, checkpoint)
+    return TrainState(), None
+
+
+def set_aside_old_run(out_dir: Path) -> None:
+    """A fresh run must not mix with an older run's checkpoints (--resume would pick those up): move the
+    old files into previous-<time>/ rather than deleting anything."""
+    old = list(out_dir.glob("step_*.pt")) + [p for p in (out_dir / "done.json", out_dir / "metrics.jsonl") if p.exists()]
+    if not old:
+        return
+    archive = out_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    archive.mkdir(parents=True, exist_ok=True)
+    for path in old:
+        path.rename(archive / path.name)
+    print0(f"fresh start: moved the previous run of this stage to {archive}")
+
+
+def load_model_weights(model: GPT, checkpoint: dict) -> None:
+    if checkpoint["model_config"] != asdict(model.config):
+        theirs, ours = checkpoint["model_config"], asdict(model.config)
+        diff = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs now {ours.get(k)}" for k in ours if theirs.get(k) != ours[k])
+        raise ValueError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")
+    model.load_state_dict(checkpoint["model"])
+
+
+def restore(checkpoint: dict, model: GPT, optimizers: list, runtime: Runtime) -> tuple[TrainState, dict]:
+    load_model_weights(model, checkpoint)
+    for optimizer, saved in zip(optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(saved)
+    loaders = checkpoint["loaders"]
+    if len(loaders) != runtime.world_size:
+        raise ValueError(f"checkpoint was written by {len(loaders)} process(es); resume with the same number "
+                         f"(now {runtime.world_size})")
+    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+    random.setstate(checkpoint["rng"]["python"])
+    if runtime.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu())
+    return TrainState(**checkpoint["train_state"]), loaders[runtime.rank]
+
+
+def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
+    """Compile where it works (checked with one warm-up step), then wrap in DDP when distributed."""
+    step_model = try_compile(model, config, runtime) if config.compile else model
+    if runtime.distributed:
+        device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+        step_model = DDP(step_model, device_ids=device_ids)
+    return step_model
+
+
+def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
+    """torch.compile needs a C++ compiler (CPU) or Triton (GPU); without them, train eager, never crash."""
+    compiled = torch.compile(model)
+    dummy = torch.zeros(config.device_batch_size, config.max_seq_len, dtype=torch.long, device=runtime.device)
+    error = None
+    try:
+        with runtime.autocast():
+            loss = compiled(dummy, dummy)
+        loss.backward()
+    except Exception as e:  # dynamo/inductor raise many types; every one of them means "use eager"
+        error = e
+    model.zero_grad(set_to_none=True)
+    ok = torch.tensor(0.0 if error else 1.0, device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # all ranks must take the same path
+    if ok.item() == 1.0:
+        return compiled
+    reason = str(error).strip().splitlines()[0][:200] if error else "failed on another rank"
+    print0(f"torch.compile is not available here ({type(error).__name__}: {reason}); training eager")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation, checkpoints, logging, signals
+
+def evaluate(ctx: LoopContext, state: TrainState, metrics: "MetricsLog") -> None:
+    start = time.perf_counter()
+    batches = ctx.stage.val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
+    state.val_bpb = evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens,
+                                 ctx.runtime)
+    seconds = time.perf_counter() - start
+    metrics.log({"step": state.step, "val_bpb": state.val_bpb, "eval_seconds": round(seconds, 3),
+                 "tokens": state.tokens})
+    print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f} ({seconds:.1f}s)")
+
+
+def save(ctx: LoopContext, state: TrainState) -> None:
+    runtime = ctx.runtime
+    loader_states = [None] * runtime.world_size
+    if runtime.distributed:
+        dist.all_gather_object(loader_states, ctx.train_loader.state_dict())
+    else:
+        loader_states = [ctx.train_loader.state_dict()]
+    if runtime.is_main:
+        if not all(torch.isfinite(p).all() for p in ctx.model.parameters()):
+            raise NonFiniteLoss(f"weights are not finite at step {state.step}; not writing a checkpoint")
+        payload = {
+            "model": ctx.model.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in ctx.optimizers],
+            "loaders": loader_states,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state() if runtime.device.type == "cuda" else None},
+            "train_state": asdict(state),
+            "model_config": asdict(ctx.model.config),
+            "config": asdict(ctx.config),
+            "optim_config": asdict(ctx.optim_config),
+            "stage": ctx.stage.name,
+        }
+        save_checkpoint(ctx.out_dir, state.step, payload, ctx.config.keep_last)
+    if runtime.distributed:
+        dist.barrier()
+
+
+def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float) -> dict:
+    tokens_per_second = ctx.tokens_per_step / seconds
+    flops = ctx.model.flops_per_token() * tokens_per_second / ctx.runtime.world_size
+    done = progress(ctx, state)
+    eta = state.train_seconds * (1 - done) / done if done > 0 else float("nan")
+    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
+            "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
+            "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
+
+
+class MetricsLog:
+    """One JSONL line per step/eval (rank 0), mirrored to wandb when asked. On resume, lines past the
+    checkpoint's step are dropped, so the file always describes one consistent run."""
+
+    def __init__(self, path: Path, runtime: Runtime, resume_step: int, use_wandb: bool, ctx: LoopContext):
+        self.path, self.enabled, self.last = path, runtime.is_main, {}
+        self.wandb = None
+        if not self.enabled:
+            return
+        kept = []
+        if resume_step and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if use_wandb:
+            import wandb  # optional dependency, imported only when asked for
+            self.wandb = wandb.init(project="picochat", name=f"{ctx.stage.name}-d{ctx.config.depth}",
+                                    config={**asdict(ctx.config), **asdict(ctx.optim_config)})
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.last.update(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def summary(self) -> str:
+        m = self.last
+        if "loss" not in m:
+            return ""
+        return (f"loss {m['loss']:.4f} lr {m['lr']:.3f} {m['tok_per_s']:,} tok/s mfu {m['mfu']:.1%} "
+                f"eta {m['eta_s']:.0f}s")
+
+
+class StopSignal:
+    """SIGTERM (e.g. torchrun, Slurm) or SIGUSR1 (Slurm's warning before preemption): finish the step,
+    checkpoint, exit 0."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
