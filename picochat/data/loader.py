@@ -1,7 +1,7 @@
 """Tokenizing data loader for pretraining: parquet shards -> (inputs, targets) batches of shape (B, T).
 
 Documents are prefixed with <|bos|> and concatenated into one token stream. Each DDP rank reads every
-world_size-th row group of each shard. `state_dict()` names the exact token where the next batch starts
+world_size-th row group, counted over all shards. `state_dict()` names the exact token where the next batch starts
 (epoch, shard, row group, row, offset), so a resumed run sees exactly the batches it would have seen.
 
     loader = TokenLoader(tokenizer, train_shards, batch_size=8, seq_len=512)
@@ -25,7 +25,7 @@ IGNORE_INDEX = -1  # targets equal to this are masked out of the loss (used by S
 class LoaderState:
     epoch: int = 0
     shard: int = 0       # index into the shard list
-    row_group: int = 0   # row group inside that shard (always one this rank owns)
+    row_group: int = 0   # row group inside that shard
     row: int = 0         # document inside that row group
     offset: int = 0      # token inside that document (its bos is token 0)
 
@@ -42,7 +42,7 @@ class TokenLoader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.loop = loop
-        self.state = LoaderState(**state) if state else LoaderState(row_group=rank)
+        self.state = LoaderState(**state) if state else LoaderState()
         self._documents = self._iter_documents(LoaderState(**asdict(self.state)))
         self._current: tuple[LoaderState, list[int]] | None = None
         self._resume_offset = self.state.offset  # only the first document after a restore starts mid-way
@@ -57,14 +57,16 @@ class TokenLoader:
         needed = self.batch_size * self.seq_len + 1
         tokens: list[int] = []
         while len(tokens) < needed:
-            position, document = self._current_document()
+            _, document = self._current_document()
+            if self.state.offset >= len(document):
+                self._current = None  # used up: move on to the following document
+                continue
             take = document[self.state.offset:self.state.offset + needed - len(tokens)]
             tokens.extend(take)
             self.state.offset += len(take)
-            if self.state.offset >= len(document):
-                self._current = None  # next call moves on to the following document
-        if self._current is None and self.loop:
-            self._current_document()  # so state_dict() already points at the next batch's first token
+        # The last target is also the next batch's first input, so no token is skipped and k micro-batches
+        # of B rows see exactly the tokens of one batch of k*B rows.
+        self.state.offset -= 1
         buffer = torch.tensor(tokens, dtype=torch.long)
         if self.device.type == "cuda":
             buffer = buffer.pin_memory().to(self.device, non_blocking=True)
@@ -81,26 +83,30 @@ class TokenLoader:
             self.state.offset, self._resume_offset = self._resume_offset, 0
         return self._current
 
+    def _owned_row_groups(self) -> list[tuple[int, int]]:
+        """(shard, row group) pairs of this rank: every world_size-th row group counted over all shards,
+        so even many small shards of one row group each are shared fairly."""
+        pairs = [(shard, group) for shard, path in enumerate(self.shards)
+                 for group in range(open_shard(path).num_row_groups)]
+        return pairs[self.rank::self.world_size]
+
     def _iter_documents(self, start: LoaderState) -> Iterator[tuple[LoaderState, list[int]]]:
         """Yield (position, bos + tokens) for this rank's documents, from `start` on, forever if looping."""
-        epoch, first = start.epoch, True
+        owned = self._owned_row_groups()
+        if not owned and self.loop:  # a finite (val) loader may come up empty on some ranks; training may not
+            raise ValueError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
+                             "fewer row groups than there are ranks; use more data or fewer processes")
+        epoch, resume_at = start.epoch, (start.shard, start.row_group)
         while True:
-            yielded = False
-            for shard_index in range(start.shard if first else 0, len(self.shards)):
-                parquet = open_shard(self.shards[shard_index])
-                group_start = start.row_group if first else self.rank
-                for group in range(group_start, parquet.num_row_groups, self.world_size):
-                    texts = parquet.read_row_group(group, columns=["text"]).column("text").to_pylist()
-                    row_start = start.row if first else 0
-                    first = False
-                    encoded = self.tokenizer.encode_batch(texts[row_start:], prepend_bos=True)
-                    for row, ids in enumerate(encoded, start=row_start):
-                        yielded = True
-                        yield LoaderState(epoch, shard_index, group, row, 0), ids
-                first = False
+            for shard, group in owned:
+                if resume_at and (shard, group) < resume_at:
+                    continue  # before the restored position
+                row_start = start.row if (shard, group) == resume_at else 0
+                resume_at = None
+                texts = open_shard(self.shards[shard]).read_row_group(group, columns=["text"]).column("text")
+                encoded = self.tokenizer.encode_batch(texts.to_pylist()[row_start:], prepend_bos=True)
+                for row, ids in enumerate(encoded, start=row_start):
+                    yield LoaderState(epoch, shard, group, row, 0), ids
             if not self.loop:
                 return
-            if not yielded:
-                raise ValueError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
-                                 "fewer row groups than there are ranks; use more data or fewer processes")
             epoch += 1

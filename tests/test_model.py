@@ -1,0 +1,127 @@
+"""The GPT: shapes, fused loss vs a plain reference, KV cache vs full forward, GQA, accounting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from picochat.data.loader import IGNORE_INDEX
+from picochat.model import GPT, GPTConfig, KVCache, linear_cross_entropy
+
+
+def tiny_config(**overrides) -> GPTConfig:
+    values = dict(sequence_len=32, vocab_size=256, n_layer=2, n_embd=64, n_head=2, n_kv_head=2)
+    return GPTConfig(**{**values, **overrides})
+
+
+def randomized(model: GPT) -> GPT:
+    # init zeroes the residual projections; random weights make the comparisons below meaningful
+    torch.manual_seed(1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def reference_loss(x, weight, targets, softcap):
+    logits = softcap * torch.tanh((x @ weight.t()) / softcap)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@pytest.mark.parametrize("chunk_elements", [100, 1 << 22])
+def test_fused_loss_matches_reference_in_value_and_gradients(chunk_elements):
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 40))
+    targets[0, :7] = IGNORE_INDEX
+    loss = linear_cross_entropy(x, w, targets, 15.0, chunk_elements=chunk_elements)
+    (2.5 * loss).backward()
+    grad_x, grad_w = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    expected = reference_loss(x, w, targets, 15.0)
+    (2.5 * expected).backward()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(grad_x, x.grad, atol=1e-5)
+    assert torch.allclose(grad_w, w.grad, atol=1e-5)
+
+
+def test_all_masked_targets_give_zero_loss_and_zero_gradients():
+    x = torch.randn(1, 8, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    loss = linear_cross_entropy(x, w, torch.full((1, 8), IGNORE_INDEX), 15.0)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(x.grad) == 0 and torch.count_nonzero(w.grad) == 0
+
+
+def test_per_token_losses_sum_to_the_fused_loss():
+    model = randomized(GPT(tiny_config()))
+    idx = torch.randint(0, 256, (2, 16))
+    targets = torch.randint(0, 256, (2, 16))
+    per_token = model(idx, targets, reduction="none")
+    assert per_token.shape == (2, 16)
+    assert torch.allclose(per_token.sum(), model(idx, targets), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [2, 1])  # 1 = grouped-query attention
+def test_kv_cache_generation_matches_full_forward(n_kv_head):
+    config = tiny_config(n_kv_head=n_kv_head)
+    model = randomized(GPT(config)).eval()
+    idx = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache(config, batch_size=2, max_len=24, device="cpu")
+        pieces = [model(idx[:, :12], kv_cache=cache), model(idx[:, 12:15], kv_cache=cache)]
+        pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(15, 20)]
+    assert cache.pos == 20
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_overflow_is_a_clear_error():
+    config = tiny_config()
+    model = GPT(config)
+    cache = KVCache(config, batch_size=1, max_len=4, device="cpu")
+    with pytest.raises(ValueError, match="KV cache is full"):
+        model(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
+
+
+def test_logits_are_soft_capped_and_causal():
+    config = tiny_config(softcap=2.0)
+    model = randomized(GPT(config))
+    idx = torch.randint(0, 256, (1, 10))
+    logits = model(idx)
+    assert logits.shape == (1, 10, 256) and logits.dtype == torch.float32
+    assert logits.abs().max() <= 2.0
+    changed = idx.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % 256
+    assert torch.allclose(model(changed)[0, :7], logits[0, :7], atol=1e-6)  # the past ignores the future
+    assert not torch.allclose(model(changed)[0, 7:], logits[0, 7:])
+
+
+def test_from_depth_and_accounting():
+    config = GPTConfig.from_depth(4, vocab_size=8192, sequence_len=512)
+    assert (config.n_embd, config.n_head, config.head_dim) == (256, 4, 64)
+    assert GPTConfig.from_depth(20, 65536, 2048).head_dim == 128
+    model = GPT(config)
+    params = model.num_params()
+    assert params["embedding"] == params["lm_head"] == 8192 * 256
+    assert params["blocks"] == 4 * 12 * 256 * 256  # q,k,v,proj (4 d^2) + MLP (8 d^2) per block
+    expected_flops = 6 * (params["total"] - params["embedding"]) + 12 * 4 * 256 * 512
+    assert model.flops_per_token() == expected_flops
+    with pytest.raises(ValueError, match="--depth"):
+        GPTConfig.from_depth(4, 8192, 512, head_dim=64, kv_head_ratio=3)
+
+
+def test_fresh_model_predicts_near_uniform():
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 256, (2, 16))
+    mean_loss = model(idx, idx).item() / idx.numel()
+    assert abs(mean_loss - torch.log(torch.tensor(256.0)).item()) < 0.1
+
+
+def test_bf16_autocast_loss_close_to_fp32():
+    model = randomized(GPT(tiny_config()))
+    idx, targets = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+    fp32 = model(idx, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(idx, targets)
+    assert torch.isfinite(bf16) and abs(bf16.item() - fp32.item()) / fp32.item() < 0.05
