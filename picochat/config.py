@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f"{meta.get('help', '')} (default: {field.default})"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text,
                                   "type": parse_bool if kind is bool else kind}
+        if kind is bool:
+            kwargs.update(nargs="?", const=True)  # a bare --force means --force true
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if meta.get("const") is not None:

@@ -81,11 +81,16 @@ class Tokenizer:
             raise FileNotFoundError(f"no tokenizer in {directory}; run `picochat tokenizer train` first")
         try:
             meta = json.loads((directory / META_FILE).read_text())
-            ranks = {base64.b64decode(token): int(rank) for token, rank in
+            ranks = {base64.b64decode(token, validate=True): int(rank) for token, rank in
                      (line.split() for line in (directory / RANKS_FILE).read_text().splitlines() if line)}
+            pattern, vocab_size = meta["pattern"], meta["vocab_size"]
         except (ValueError, OSError, KeyError) as e:
             raise ValueError(f"tokenizer in {directory} is corrupt ({e}); run `picochat tokenizer train` again") from e
-        return cls.from_ranks(ranks, meta["pattern"])
+        # A damaged file must not load with shifted ids: ranks are exactly 0..n-1 and the specials follow.
+        if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) + len(SPECIAL_TOKENS) != vocab_size:
+            raise ValueError(f"tokenizer in {directory} is corrupt (ranks do not make a {vocab_size}-token "
+                             "vocabulary); run `picochat tokenizer train` again")
+        return cls.from_ranks(ranks, pattern)
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
@@ -225,6 +230,9 @@ def train_command(args) -> Tokenizer:
     seconds = time.perf_counter() - start
     tokenizer.save(tokenizer_dir(home), train_seconds=round(seconds, 2))
     print(f"tokenizer: vocab {tokenizer.vocab_size:,} trained in {seconds:.1f}s -> {tokenizer_dir(home)}")
+    if tokenizer.vocab_size < config.vocab_size:
+        print(f"warning: the corpus only supports {tokenizer.vocab_size:,} tokens, fewer than --vocab-size "
+              f"{config.vocab_size:,}; use more data or a smaller vocabulary")
     return tokenizer
 
 

@@ -20,8 +20,8 @@ WORDS = ("the of and to in a is that for it as was with be by on not he this are
          "out about up what some than into other time only could new two may then first like now such make "
          "over even most after also made many before back through way well where much good river house "
          "garden winter morning letter music village kingdom science number market").split()
-EXTRAS = ["café", "naïve", "Zürich", "東京", "日本語", "😀", "👍🏽", "1789", "3.14", "42", "—", "«quoted»",
-          "e-mail", "don't", "it's", "we'll", "O'Neil", "\t", "x²", "Ελλάδα"]
+EXTRAS = ["café", "naïve", "Zürich", "東京", "日本語", "😀", "👍🏽", "1789", "3.14", "42", "—",
+          "«quoted»", "e-mail", "don't", "it's", "we'll", "O'Neil", "\t", "x²", "Ελλάδα"]
 TINY_VOCAB = 512
 
 

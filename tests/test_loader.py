@@ -209,7 +209,9 @@ def epoch_documents(tokenizer, shards, rank: int, world_size: int) -> tuple[list
     """Texts a rank reads in its first epoch (in order) and the (shard, row group) pairs it visits."""
     loader = TokenLoader(tokenizer, shards, batch_size=1, seq_len=1, rank=rank, world_size=world_size)
     stream, groups = [], set()
+    total = sum(len(tokenizer.encode(text)) + 1 for text in iter_texts(shards))
     while loader.state_dict()["epoch"] == 0:  # the state names the next batch's first token
+        assert len(stream) <= total, "a rank's epoch is longer than the whole corpus"
         stream += next(loader)[0].flatten().tolist()
         state = loader.state_dict()
         if state["epoch"] == 0:

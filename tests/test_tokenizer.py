@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import tiktoken
@@ -147,8 +148,6 @@ def duplicated(lines):
     return "\n".join(lines + [lines[0].split()[0] + f" {len(lines)}"]) + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="load() does not check that the ranks are 0..n-1 with n + 9 == "
-                                       "tokenizer.json's vocab_size, so these load with shifted special ids")
 @pytest.mark.parametrize("damage", [truncated, duplicated, lambda lines: "!!!! 5\n"],
                          ids=["truncated", "duplicate-token", "invalid-base64"])
 def test_load_inconsistent_ranks_file(tiny_tokenizer, tmp_path, damage):
@@ -297,8 +296,9 @@ def test_cli_train_then_eval(fresh_home, monkeypatch, capsys):
 
     cli.main(["tokenizer", "eval"])
     out = capsys.readouterr().out
-    assert "gpt2" in out and "skipped (offline" in out
-    assert "cl100k_base" in out
+    assert re.search(r"gpt2 +skipped \(offline: ConnectionError\)", out)
+    assert re.search(r"cl100k_base +skipped \(offline: ConnectionError\)", out)
+    assert re.search(r"picochat +\d+\.\d{3} bytes/token", out)
     report = json.loads((directory / "eval.json").read_text())
     assert set(report["bytes_per_token"]) == {"picochat"}
     assert report["bytes_per_token"]["picochat"] > 1

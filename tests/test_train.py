@@ -3,7 +3,7 @@ checkpoints, non-finite losses, torch.compile fallback, and 2-process DDP on glo
 
 import json
 import os
-import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,39 +16,17 @@ import torch
 from picochat.checkpoint import list_checkpoints, load_latest
 from picochat.common import Runtime
 from picochat.data.loader import IGNORE_INDEX
-from picochat.data.shards import Document, write_corpus
 from picochat.model import GPT, GPTConfig
-from picochat.tokenizer import Tokenizer, tokenizer_dir
 from picochat.train import forward_backward, run
 
-WORDS = ("the a cat dog sat on mat and ran far to see big small red blue house tree river stone "
-         "light dark day night king queen ship sea wind rain sun moon star old new").split()
 TINY = ["--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2", "--dtype", "float32",
         "--compile", "false", "--eval-tokens", "256", "--device", "cpu"]
 
 
-def make_home(home: Path, documents: int = 400) -> Path:
-    """A tiny corpus (several shards of short rule-made documents) and a 300-token tokenizer."""
-    rng = random.Random(0)
-    docs = []
-    for i in range(documents):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(20, 60))]
-        docs.append(Document(" ".join(words).capitalize() + ".", f"test/{i}", "CC0"))
-    write_corpus(docs, home / "data" / "base", shard_bytes=6000, val_fraction=0.2)
-    Tokenizer.train((d.text for d in docs), 300).save(tokenizer_dir(home))
-    return home
-
-
-@pytest.fixture(scope="module")
-def home_template(tmp_path_factory) -> Path:
-    return make_home(tmp_path_factory.mktemp("picochat_home"))
-
-
 @pytest.fixture
-def home(home_template, tmp_path) -> Path:
-    target = tmp_path / "home"
-    subprocess.run(["cp", "-r", str(home_template), str(target)], check=True)
-    return target
+def home(fresh_home) -> Path:
+    """A private PICOCHAT_HOME with the shared tiny corpus and tokenizer (conftest.py)."""
+    return fresh_home
 
 
 def cli(home: Path, *flags: str, **popen) -> subprocess.Popen:
@@ -202,7 +180,7 @@ def test_bad_flags_are_one_line_errors(home):
 
 def test_gradient_accumulation_matches_one_big_batch(home, tmp_path):
     other = tmp_path / "other"
-    subprocess.run(["cp", "-r", str(home), str(other)], check=True)
+    shutil.copytree(home, other)
     run(flags_dict(*TINY, "--device-batch-size", "4", "--num-iterations", "4", "--home", str(home)))
     run(flags_dict(*TINY, "--device-batch-size", "1", "--total-batch-size", "128", "--num-iterations", "4",
                    "--home", str(other)))
@@ -225,20 +203,22 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> No
 @pytest.mark.slow
 def test_kill9_then_resume_reproduces_the_uninterrupted_losses(home, tmp_path):
     reference = tmp_path / "reference"
-    subprocess.run(["cp", "-r", str(home), str(reference)], check=True)
-    flags = ("--num-iterations", "150", "--save-every", "10", "--eval-every", "50")
+    shutil.copytree(home, reference)
+    flags = ("--num-iterations", "300", "--save-every", "10", "--eval-every", "100")
     assert cli(reference, *flags).wait(timeout=300) == 0
     process = cli(home, *flags)
     out = home / "checkpoints" / "base"
     wait_for(lambda: (out / "step_000030.pt").exists(), process)
     process.kill()  # SIGKILL: no chance to clean up
     process.wait()
+    killed_at = load_latest(out)[1]["train_state"]["step"]
+    assert killed_at < 300, "the run finished before it could be killed"
     resumed = cli(home, *flags, "--resume")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     expected, got = losses(reference), losses(home)
-    assert sorted(got) == list(range(1, 151))  # no gaps, no duplicates
-    for step in range(1, 151):
+    assert sorted(got) == list(range(1, 301))  # no gaps, no duplicates
+    for step in range(1, 301):
         assert got[step] == pytest.approx(expected[step], abs=1e-5), step
     assert val_bpbs(home)[-1] == pytest.approx(val_bpbs(reference)[-1], abs=1e-5)
 

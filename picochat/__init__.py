@@ -1,0 +1,5 @@
+"""picochat: a complete, hackable ChatGPT-style training stack, from raw text to a chat model.
+
+Read it in pipeline order: common, config, data/ (shards, download, offline, prepare, loader),
+tokenizer, model, optim, stages, train, checkpoint, evals/, perf, cli.
+"""
