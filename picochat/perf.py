@@ -63,6 +63,13 @@ def _sync(device: torch.device) -> None:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process. Linux: VmHWM, because ru_maxrss survives exec and would
+    report a parent's peak for a freshly started child. Elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass  # no /proc: not Linux
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024

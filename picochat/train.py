@@ -39,10 +39,10 @@ class TrainConfig:
     # model shape (base only: later stages take the shape from their starting checkpoint)
     depth: int = option(4, "number of Transformer blocks; width is 64 x depth")
     max_seq_len: int = option(512, "tokens per training sequence")
-    head_dim: int = option(0, "attention head size (0: 64 below width 512, else 128)")
+    head_dim: int = option(0, "attention head size (0: 128, or the width if that is smaller)")
     kv_head_ratio: int = option(1, "query heads per key/value head (>1: grouped-query attention)")
     # batch
-    device_batch_size: int = option(8, "sequences per micro-batch on each process")
+    device_batch_size: int = option(16, "sequences per micro-batch on each process")
     total_batch_size: int = option(0, "tokens per optimizer step over all processes; gradient "
                                       "accumulation makes up the rest (0: one micro-batch per process)")
     # how long: the first one set wins
@@ -169,33 +169,38 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
     stop = StopSignal()
     bar = tqdm(total=ctx.num_iterations or None, initial=state.step, disable=not runtime.is_main,
                dynamic_ncols=True, mininterval=1.0)
-    while progress(ctx, state) < 1:
-        if config.eval_every and state.step % config.eval_every == 0:
-            evaluate(ctx, state, metrics)
-        lr = ctx.stage.lr_schedule(progress(ctx, state), ctx.optim_config)
-        set_lr(ctx.optimizers, lr)
-        start = time.perf_counter()
-        batches = [next(ctx.train_loader) for _ in range(ctx.grad_accum)]
-        loss = forward_backward(ctx.step_model, batches, runtime)
-        finite = check_loss(loss, state, config)
-        for optimizer in ctx.optimizers:
-            if finite:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
-        state.step += 1
-        state.tokens += ctx.tokens_per_step
-        state.train_seconds += seconds
-        metrics.log(step_metrics(ctx, state, loss, lr, seconds))
-        bar.set_postfix_str(metrics.summary(), refresh=False)
-        bar.update(1)
-        if stop_requested:
-            save(ctx, state)
-            print0(f"\nstopped by signal at step {state.step}; checkpoint written. Resume with --resume")
-            return state
-        if config.save_every and state.step % config.save_every == 0:
-            save(ctx, state)
-    bar.close()
+    if state.step == 0 and config.eval_every:
+        evaluate(ctx, state, metrics)  # the untrained baseline
+    try:
+        while progress(ctx, state) < 1:
+            lr = ctx.stage.lr_schedule(progress(ctx, state), ctx.optim_config)
+            set_lr(ctx.optimizers, lr)
+            start = time.perf_counter()
+            batches = [next(ctx.train_loader) for _ in range(ctx.grad_accum)]
+            loss = forward_backward(ctx.step_model, batches, runtime)
+            finite = check_loss(loss, state, config)
+            for optimizer in ctx.optimizers:
+                if finite:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
+            state.step += 1
+            state.tokens += ctx.tokens_per_step
+            state.train_seconds += seconds
+            metrics.log(step_metrics(ctx, state, loss, lr, seconds))
+            bar.set_postfix_str(metrics.summary(), refresh=False)
+            bar.update(1)
+            if stop_requested:
+                save(ctx, state)
+                print0(f"\nstopped by signal at step {state.step}; checkpoint written. Resume with --resume")
+                return state
+            if config.eval_every and state.step % config.eval_every == 0 and progress(ctx, state) < 1:
+                evaluate(ctx, state, metrics)
+            if config.save_every and state.step % config.save_every == 0:
+                save(ctx, state)
+    finally:
+        bar.close()
+        stop.restore()
     evaluate(ctx, state, metrics)
     save(ctx, state)
     if runtime.is_main:  # marks the stage finished, for the pipeline script and the report
@@ -380,9 +385,10 @@ def save(ctx: LoopContext, state: TrainState) -> None:
         dist.all_gather_object(loader_states, ctx.train_loader.state_dict())
     else:
         loader_states = [ctx.train_loader.state_dict()]
+    # Every rank checks (the weights are identical), so all raise together instead of hanging in barrier().
+    if not all(torch.isfinite(p).all() for p in ctx.model.parameters()):
+        raise NonFiniteLoss(f"weights are not finite at step {state.step}; not writing a checkpoint")
     if runtime.is_main:
-        if not all(torch.isfinite(p).all() for p in ctx.model.parameters()):
-            raise NonFiniteLoss(f"weights are not finite at step {state.step}; not writing a checkpoint")
         payload = {
             "model": ctx.model.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in ctx.optimizers],
@@ -419,9 +425,7 @@ class MetricsLog:
         self.wandb = None
         if not self.enabled:
             return
-        kept = []
-        if resume_step and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= resume_step] if resume_step else []
         atomic_write_text(path, "".join(line + "\n" for line in kept))
         if use_wandb:
             import wandb  # optional dependency, imported only when asked for
@@ -445,14 +449,30 @@ class MetricsLog:
                 f"eta {m['eta_s']:.0f}s")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """Records of a metrics file; a torn last line (the process was killed mid-write) is dropped."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # only a kill -9 mid-write produces this, and only on the last line
+    return records
+
+
 class StopSignal:
     """SIGTERM (e.g. torchrun, Slurm) or SIGUSR1 (Slurm's warning before preemption): finish the step,
     checkpoint, exit 0."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
     def __init__(self):
         self.requested = False
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._handle)
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
