@@ -42,6 +42,8 @@ CONFIGS: dict[str, dict] = {
     # nanochat's seed run (BRIEF section 4): 16,384 tokens/step as one 32 x 512 micro-batch, not 8 x 512 x 4
     # accumulation steps, because one big batch gives the matmuls more rows.
     "nanochat-seed": dict(depth=4, vocab_size=32768, sequence_len=512, device_batch_size=32, grad_accum=1),
+    # A wider model: a smaller share of its FLOPs is attention, the slowest kernel on a CPU.
+    "picochat-d8": dict(depth=8, vocab_size=8192, sequence_len=512, device_batch_size=16, grad_accum=1),
 }
 DTYPE_NAMES = ("float32", "bfloat16")
 MODES = ("eager", "compiled")
@@ -121,8 +123,7 @@ def matmul_shapes(config: dict) -> dict[str, tuple[int, int, int]]:
     width = GPTConfig.from_depth(config["depth"], config["vocab_size"], config["sequence_len"]).n_embd
     tokens, vocab = config["device_batch_size"] * config["sequence_len"], config["vocab_size"]
     # The fused lm_head + loss runs over chunks of rows; this is the shape it really multiplies.
-    chunk_elements = inspect.signature(linear_cross_entropy).parameters["chunk_elements"].default
-    chunk_rows = max(16, chunk_elements // vocab)
+    chunk_rows = inspect.signature(linear_cross_entropy).parameters["chunk_rows"].default
     return {"mlp": (tokens, width, 4 * width), "attn_proj": (tokens, width, width),
             "lm_head": (tokens, width, vocab), "lm_head_chunk": (chunk_rows, width, vocab)}
 
