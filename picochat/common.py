@@ -39,17 +39,22 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; artifacts are ordinary files
-        os.replace(tmp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        durable_replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def durable_replace(source: Path, final: Path) -> None:
+    """fsync source, rename it over final, fsync the folder: after a crash, old or new, never half."""
+    with open(source, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(source, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

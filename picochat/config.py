@@ -69,6 +69,13 @@ def build(cls: type[T], args: argparse.Namespace | dict | None = None, preset: d
     return cls(**values)
 
 
+def require_at_least(config: Any, minimum: float, names: tuple[str, ...]) -> None:
+    """ValueError naming the first flag among `names` whose value is below minimum."""
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ValueError(f"{flag_name(name)} must be >= {minimum}, got {getattr(config, name)}")
+
+
 def describe(config: Any) -> str:
     """The resolved config as aligned `name = value` lines, for logs and reports."""
     items = dataclasses.asdict(config)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from picochat.config import option
+from picochat.config import option, require_at_least
 
 
 @dataclass
@@ -26,9 +26,7 @@ class OptimConfig:
     final_lr_frac: float = option(0.0, "LR at the very end, as a fraction of the peak")
 
     def __post_init__(self):
-        for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, ("matrix_lr", "embedding_lr", "unembedding_lr", "weight_decay"))
         if not (0 <= self.warmup_ratio <= 1 and 0 <= self.warmdown_ratio <= 1
                 and self.warmup_ratio + self.warmdown_ratio <= 1):
             raise ValueError("--warmup-ratio and --warmdown-ratio must be in [0, 1] and sum to at most 1")

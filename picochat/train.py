@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from picochat.checkpoint import checkpoint_dir, load_latest, resolve_resume, save_checkpoint
 from picochat.common import Runtime, atomic_write_text, picochat_home, print0, setup_runtime, teardown_runtime
-from picochat.config import build, describe, option
+from picochat.config import build, describe, option, require_at_least
 from picochat.data.loader import IGNORE_INDEX
 from picochat.evals.bpb import evaluate_bpb
 from picochat.model import GPT, GPTConfig
@@ -67,15 +67,10 @@ class TrainConfig:
     home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
     def __post_init__(self):
-        positive = ("depth", "max_seq_len", "device_batch_size", "keep_last", "eval_tokens", "kv_head_ratio")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio",
-                        "eval_every", "save_every", "head_dim")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 1, ("depth", "max_seq_len", "device_batch_size", "keep_last", "eval_tokens",
+                                   "kv_head_ratio"))
+        require_at_least(self, 0, ("total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio",
+                                   "eval_every", "save_every", "head_dim"))
         if self.num_iterations == 0 and self.time_budget == 0 and self.target_param_data_ratio == 0:
             raise ValueError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
 
@@ -410,7 +405,7 @@ def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, se
     tokens_per_second = ctx.tokens_per_step / seconds
     flops = ctx.model.flops_per_token() * tokens_per_second / ctx.runtime.world_size
     done = progress(ctx, state)
-    eta = state.train_seconds * (1 - done) / done if done > 0 else float("nan")
+    eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
     return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
             "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
             "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}

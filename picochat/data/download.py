@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import re
 import shutil
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from picochat.common import atomic_write_text, picochat_home
+from picochat.common import atomic_write_text, durable_replace, picochat_home
 from picochat.config import build, option
 from picochat.data.shards import MANIFEST, corpus_dir, open_shard, read_manifest, shard_name
 
@@ -217,14 +216,7 @@ def _move_into_place(part: Path, final: Path) -> None:
     except ValueError as error:
         part.unlink()  # complete but wrong bytes: resuming would keep them, so refetch from scratch
         raise ValueError(f"not a parquet shard with a text column ({error.__cause__ or error})") from error
-    with open(part, "rb+") as file:
-        os.fsync(file.fileno())
-    os.replace(part, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    durable_replace(part, final)
 
 
 def _write_manifest(directory: Path, base_url: str, paths: list[Path], fresh: set[Path],
