@@ -47,6 +47,7 @@ class Tokenizer:
     def __init__(self, encoding: tiktoken.Encoding):
         self.encoding = encoding
         self.bos_id = self.special("<|bos|>")
+        self._token_bytes: torch.Tensor | None = None
 
     # ---- construction ----------------------------------------------------------------------------------
 
@@ -114,10 +115,12 @@ class Tokenizer:
 
     def token_bytes(self) -> torch.Tensor:
         """(vocab_size,) int64: UTF-8 bytes of each token, 0 for specials, so bpb ignores them."""
-        sizes = torch.zeros(self.vocab_size, dtype=torch.int64)
-        for token, rank in self.encoding._mergeable_ranks.items():
-            sizes[rank] = len(token)
-        return sizes
+        if self._token_bytes is None:  # computed once: every val bpb evaluation needs it
+            sizes = torch.zeros(self.vocab_size, dtype=torch.int64)
+            for token, rank in self.encoding._mergeable_ranks.items():
+                sizes[rank] = len(token)
+            self._token_bytes = sizes
+        return self._token_bytes
 
     # ---- chat template -------------------------------------------------------------------------------
 

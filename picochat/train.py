@@ -423,7 +423,10 @@ class MetricsLog:
         kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= resume_step] if resume_step else []
         atomic_write_text(path, "".join(line + "\n" for line in kept))
         if use_wandb:
-            import wandb  # optional dependency, imported only when asked for
+            try:
+                import wandb  # optional dependency, imported only when asked for
+            except ImportError as e:
+                raise ValueError("--wandb needs the wandb package: pip install 'picochat[wandb]'") from e
             self.wandb = wandb.init(project="picochat", name=f"{ctx.stage.name}-d{ctx.config.depth}",
                                     config={**asdict(ctx.config), **asdict(ctx.optim_config)})
 

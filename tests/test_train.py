@@ -172,6 +172,10 @@ def test_bad_flags_are_one_line_errors(home):
         run(flags_dict(*TINY, "--total-batch-size", "100", "--num-iterations", "1", "--home", str(home)))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         run(flags_dict(*TINY, "--resume", "--num-iterations", "1", "--home", str(home)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail, as where it is not installed
+        with pytest.raises(ValueError, match="--wandb needs the wandb package"):
+            run(flags_dict(*TINY, "--wandb", "--num-iterations", "1", "--home", str(home)))
     result = subprocess.run([sys.executable, "-m", "picochat.cli", "train", "--depth", "0"],
                             capture_output=True, text=True)
     assert result.returncode == 2
