@@ -459,10 +459,10 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class StopSignal:
-    """SIGTERM (e.g. torchrun, Slurm) or SIGUSR1 (Slurm's warning before preemption): finish the step,
-    checkpoint, exit 0."""
+    """SIGTERM (e.g. torchrun, Slurm), SIGUSR1 (Slurm's warning before preemption) or a first Ctrl-C:
+    finish the step, checkpoint, exit 0. A second Ctrl-C aborts at once, without a checkpoint."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
@@ -470,6 +470,9 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
+            print0("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again aborts)")
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():

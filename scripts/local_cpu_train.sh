@@ -24,13 +24,15 @@ picochat tokenizer eval
 
 echo "== 3/3 base model: depth $DEPTH, $BASE_MINUTES minutes of training"
 BASE_DIR="$PICOCHAT_HOME/checkpoints/base"
+# Checkpoint about once a minute, so even a kill -9 loses little; Ctrl-C checkpoints before it exits.
+BASE_FLAGS=(--stage base --depth "$DEPTH" --time-budget "$BASE_MINUTES" --save-every 50)
 if [ -f "$BASE_DIR/done.json" ] && [ -z "${FORCE_BASE:-}" ]; then
     echo "base: already trained ($BASE_DIR/done.json; FORCE_BASE=1 trains again)"
 elif compgen -G "$BASE_DIR/step_*.pt" >/dev/null && [ -z "${FORCE_BASE:-}" ]; then
     echo "base: resuming the interrupted run"
-    picochat train --stage base --depth "$DEPTH" --time-budget "$BASE_MINUTES" --resume
+    picochat train "${BASE_FLAGS[@]}" --resume
 else
-    picochat train --stage base --depth "$DEPTH" --time-budget "$BASE_MINUTES"
+    picochat train "${BASE_FLAGS[@]}"
 fi
 
 echo "== done in $((SECONDS / 60))m $((SECONDS % 60))s"

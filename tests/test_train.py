@@ -227,7 +227,7 @@ def test_kill9_then_resume_reproduces_the_uninterrupted_losses(home, tmp_path):
     assert val_bpbs(home)[-1] == pytest.approx(val_bpbs(reference)[-1], abs=1e-5)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_signal_checkpoints_and_exits_zero(home, signum):
     process = cli(home, "--num-iterations", "100000", "--eval-every", "0")
     metrics = home / "checkpoints" / "base" / "metrics.jsonl"
