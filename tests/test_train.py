@@ -1,6 +1,7 @@
 """The one training loop: loss normalisation, learning, exact resume after kill -9, signals, corrupt
 checkpoints, non-finite losses, torch.compile fallback, and 2-process DDP on gloo."""
 
+import argparse
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ from picochat.checkpoint import list_checkpoints, load_latest
 from picochat.common import Runtime
 from picochat.data.loader import IGNORE_INDEX
 from picochat.model import GPT, GPTConfig
-from picochat.train import forward_backward, run
+from picochat import config as cfg
+from picochat.optim import OptimConfig
+from picochat.train import TrainConfig, forward_backward, run
 
 TINY = ["--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2", "--dtype", "float32",
         "--compile", "false", "--eval-tokens", "256", "--device", "cpu"]
@@ -91,15 +94,10 @@ def test_loss_is_mean_over_unmasked_tokens_across_micro_batches():
 # ---- end to end, in process ------------------------------------------------------------------------------
 
 def flags_dict(*flags: str) -> dict:
-    from picochat import cli as cli_module  # parse exactly as the CLI would
-    import argparse
+    """Parse flags exactly as `picochat train` does, for in-process runs."""
     parser = argparse.ArgumentParser()
-    from picochat import config as cfg
-    from picochat.optim import OptimConfig
-    from picochat.train import TrainConfig
-    cfg.add_arguments(parser, TrainConfig)
-    cfg.add_arguments(parser, OptimConfig)
-    assert cli_module.COMMANDS[("train", None)][1] == "TrainConfig OptimConfig"
+    for config_class in (TrainConfig, OptimConfig):
+        cfg.add_arguments(parser, config_class)
     return vars(parser.parse_args(list(flags)))
 
 
@@ -261,8 +259,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(home):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(home, tmp_path):
-    """2 ranks x 1 sequence each == 1 rank x 2 accumulated sequences over the same documents? Not the same
-    documents (ranks split row groups), so compare the DDP worker below, which feeds identical batches."""
+    """DDP over 2 gloo processes equals 1 process accumulating both ranks' batches: same losses, same
+    weights. ddp_worker.py feeds both runs identical batches (the real loader gives ranks different data)."""
     worker = Path(__file__).parent / "ddp_worker.py"
     results = tmp_path / "results"
     results.mkdir()
