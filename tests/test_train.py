@@ -165,6 +165,18 @@ def test_compile_failure_falls_back_to_eager(home, monkeypatch, capsys):
         in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_real_torch_compile_trains_like_eager(home, tmp_path, capsys):
+    eager_home = tmp_path / "eager"
+    shutil.copytree(home, eager_home)
+    run(flags_dict(*TINY, "--num-iterations", "3", "--home", str(eager_home)))
+    run(flags_dict(*TINY, "--compile", "true", "--num-iterations", "3", "--home", str(home)))
+    assert "training eager" not in capsys.readouterr().out  # the compiled path really ran
+    eager, compiled = losses(eager_home), losses(home)
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], abs=1e-3)
+
+
 def test_bad_flags_are_one_line_errors(home):
     with pytest.raises(ValueError, match="--total-batch-size"):
         run(flags_dict(*TINY, "--total-batch-size", "100", "--num-iterations", "1", "--home", str(home)))
