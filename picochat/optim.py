@@ -48,8 +48,7 @@ def lr_multiplier(progress: float, warmup: float, warmdown: float, final_frac: f
 def orthogonalize(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Approximately U V^T of G = U S V^T via a quintic Newton-Schulz iteration (Keller Jordan's Muon).
 
-    G is (rows, cols) or a stack (n, rows, cols). The coefficients push all singular values towards ~1 in
-    a few steps; it runs fine in bf16."""
+    The coefficients push all singular values towards ~1 in a few steps; it runs fine in bf16."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.to(dtype)
     tall = X.size(-2) > X.size(-1)
@@ -74,28 +73,19 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            by_shape: dict[torch.Size, list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for params in by_shape.values():
-                self._update_same_shape(params, group)
-
-    def _update_same_shape(self, params: list[torch.Tensor], group: dict) -> None:
-        """One batched Newton-Schulz for all matrices of one shape: a few big matmuls beat many small ones."""
-        updates = []
-        for p in params:
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buffer = state["momentum_buffer"]
-            buffer.lerp_(p.grad, 1 - group["momentum"])
-            updates.append(p.grad.lerp(buffer, group["momentum"]))  # Nesterov look-ahead
-        orthogonal = orthogonalize(torch.stack(updates), group["ns_steps"], self.ns_dtype)
-        rows, cols = params[0].shape
-        scale = max(1.0, rows / cols) ** 0.5  # keep the update's RMS from shrinking for tall matrices
-        for p, update in zip(params, orthogonal):
-            p.add_(update, alpha=-group["lr"] * scale)
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buffer, group["momentum"])  # Nesterov look-ahead
+                update = orthogonalize(update, group["ns_steps"], self.ns_dtype)
+                # Scale so the update's RMS does not shrink for tall matrices.
+                scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+                p.add_(update, alpha=-group["lr"] * scale)
 
 
 def build_optimizers(model, config: OptimConfig, compute_dtype: torch.dtype) -> list[torch.optim.Optimizer]:

@@ -39,7 +39,7 @@ class TrainConfig:
     # model shape (base only: later stages take the shape from their starting checkpoint)
     depth: int = option(4, "number of Transformer blocks; width is 64 x depth")
     max_seq_len: int = option(512, "tokens per training sequence")
-    head_dim: int = option(0, "attention head size (0: 128, or the width if that is smaller)")
+    head_dim: int = option(0, "target attention head size: width // head_dim heads, at least one (0: 128)")
     kv_head_ratio: int = option(1, "query heads per key/value head (>1: grouped-query attention)")
     # batch
     device_batch_size: int = option(16, "sequences per micro-batch on each process")

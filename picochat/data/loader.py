@@ -83,16 +83,17 @@ class TokenLoader:
             self.state.offset, self._resume_offset = self._resume_offset, 0
         return self._current
 
-    def _owned_row_groups(self) -> list[tuple[int, int]]:
+    def _owned_row_groups(self, parquets: list) -> list[tuple[int, int]]:
         """(shard, row group) pairs of this rank: every world_size-th row group counted over all shards,
         so even many small shards of one row group each are shared fairly."""
-        pairs = [(shard, group) for shard, path in enumerate(self.shards)
-                 for group in range(open_shard(path).num_row_groups)]
+        pairs = [(shard, group) for shard, parquet in enumerate(parquets)
+                 for group in range(parquet.num_row_groups)]
         return pairs[self.rank::self.world_size]
 
     def _iter_documents(self, start: LoaderState) -> Iterator[tuple[LoaderState, list[int]]]:
         """Yield (position, bos + tokens) for this rank's documents, from `start` on, forever if looping."""
-        owned = self._owned_row_groups()
+        parquets = [open_shard(path) for path in self.shards]  # opened once, read row group by row group
+        owned = self._owned_row_groups(parquets)
         if not owned and self.loop:  # a finite (val) loader may come up empty on some ranks; training may not
             raise ValueError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
                              "fewer row groups than there are ranks; use more data or fewer processes")
@@ -103,7 +104,7 @@ class TokenLoader:
                     continue  # before the restored position
                 row_start = start.row if (shard, group) == resume_at else 0
                 resume_at = None
-                texts = open_shard(self.shards[shard]).read_row_group(group, columns=["text"]).column("text")
+                texts = parquets[shard].read_row_group(group, columns=["text"]).column("text")
                 encoded = self.tokenizer.encode_batch(texts.to_pylist()[row_start:], prepend_bos=True)
                 for row, ids in enumerate(encoded, start=row_start):
                     yield LoaderState(epoch, shard, group, row, 0), ids
