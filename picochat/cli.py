@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from picochat import config as cfg
-from picochat.common import fail
+from picochat.common import end_torchrun_worker, fail
 
 # (group, command) -> (module, config classes, run function, help). `train` has no sub-command.
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
@@ -51,6 +52,17 @@ def _find_command(argv: list[str]) -> tuple[tuple[str, str | None], list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return run_command(argv)
+    try:  # a torchrun worker
+        run_command(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    end_torchrun_worker(code)
+
+
+def run_command(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return

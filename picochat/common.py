@@ -149,6 +149,17 @@ def teardown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
+def end_torchrun_worker(code: int) -> None:
+    """Exit without the interpreter's teardown (the process group is already destroyed).
+
+    With torch 2.13, once torch._dynamo is imported (every optimizer imports it), gloo's worker threads
+    outlive destroy_process_group; C++ static destructors then meet them still running and, in about
+    1 run in 40, abort a finished run ("terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def print0(*args, runtime: Runtime | None = None, **kwargs) -> None:
     """print() on rank 0 only (reads RANK when no runtime is given)."""
     rank = runtime.rank if runtime is not None else int(os.environ.get("RANK", 0))

@@ -1,9 +1,9 @@
 """Optimisers and the learning-rate schedule.
 
 Muon (momentum + Newton-Schulz orthogonalisation) trains the 2-D weight matrices inside the blocks;
-AdamW trains the token embedding and the lm_head. Under DDP the gradients arrive already averaged, so
-every rank computes the same update. The schedule is a function of progress (0..1), so the same code
-serves a fixed number of steps and a time budget.
+AdamW trains the token embedding and the lm_head. Under torchrun the gradients arrive already summed over
+ranks, so every rank computes the same update. The schedule is a function of progress (0..1), so the same
+code serves a fixed number of steps and a time budget.
 """
 
 from __future__ import annotations

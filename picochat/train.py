@@ -1,5 +1,6 @@
 """THE training loop. Base pretraining, mid-training and SFT all run here; a Stage (stages.py) says what
-differs: batches, loss mask, LR schedule, starting checkpoint. One process, or many under torchrun (DDP).
+differs: batches, loss mask, LR schedule, starting checkpoint. One process, or many under torchrun: each rank
+runs the same step on its own batches and the gradients are summed over ranks before the update.
 
     picochat train --stage base --depth 4 --time-budget 8
     torchrun --standalone --nproc_per_node=8 -m picochat.cli train --stage base --depth 20
@@ -12,13 +13,11 @@ import math
 import random
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from picochat.checkpoint import checkpoint_dir, load_latest, resolve_resume, save_checkpoint
@@ -144,7 +143,7 @@ class LoopContext:
     stage: Stage
     runtime: Runtime
     model: GPT                     # the plain module: checkpoints and evals use it
-    step_model: torch.nn.Module    # what the step calls: maybe compiled, maybe DDP-wrapped
+    step_model: torch.nn.Module    # what the step calls: maybe compiled
     optimizers: list
     train_loader: object
     tokenizer: object
@@ -173,6 +172,7 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             start = time.perf_counter()
             batches = [next(ctx.train_loader) for _ in range(ctx.grad_accum)]
             loss = forward_backward(ctx.step_model, batches, runtime)
+            sum_gradients(ctx.model, runtime)
             finite = check_loss(loss, state, config)
             for optimizer in ctx.optimizers:
                 if finite:
@@ -193,11 +193,12 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
                 evaluate(ctx, state, metrics)
             if config.save_every and state.step % config.save_every == 0:
                 save(ctx, state)
+        evaluate(ctx, state, metrics)
+        save(ctx, state)
     finally:
         bar.close()
         stop.restore()
-    evaluate(ctx, state, metrics)
-    save(ctx, state)
+        metrics.close()
     if runtime.is_main:  # marks the stage finished, for the pipeline script and the report
         atomic_write_text(ctx.out_dir / "done.json", json.dumps({**asdict(state), **metrics.last}, indent=2))
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
@@ -214,17 +215,27 @@ def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtim
     loss_sum = torch.zeros((), device=runtime.device)
     if runtime.distributed:
         dist.all_reduce(count)
-    scale = runtime.world_size / count.clamp(min=1)  # DDP averages gradients over ranks: undo that
-    for index, (inputs, targets) in enumerate(batches):
-        last = index == len(batches) - 1
-        with (nullcontext() if last or not isinstance(step_model, DDP) else step_model.no_sync()):
-            with runtime.autocast():
-                loss = step_model(inputs, targets)
-            (loss * scale).backward()
+    scale = 1 / count.clamp(min=1)
+    for inputs, targets in batches:
+        with runtime.autocast():
+            loss = step_model(inputs, targets)
+        (loss * scale).backward()
         loss_sum += loss.detach()
     if runtime.distributed:
         dist.all_reduce(loss_sum)
     return (loss_sum / count.clamp(min=1)).item()
+
+
+def sum_gradients(model: GPT, runtime: Runtime) -> None:
+    """Sum every gradient over ranks: each rank's part is already divided by the global token count.
+
+    Plain all-reduces after the last micro-batch instead of a DDP wrapper: one visible step, no no_sync()
+    bookkeeping, and the place where a sharded optimizer would reduce-scatter instead."""
+    if not runtime.distributed:
+        return
+    pending = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters()]
+    for work in pending:
+        work.wait()
 
 
 def check_loss(loss: float, state: TrainState, config: TrainConfig) -> bool:
@@ -329,12 +340,11 @@ def restore(checkpoint: dict, model: GPT, optimizers: list, runtime: Runtime) ->
 
 
 def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
-    """Compile where it works (checked with one warm-up step), then wrap in DDP when distributed."""
-    step_model = try_compile(model, config, runtime) if config.compile else model
+    """Start every rank from rank 0's weights, then compile where it works (checked with a warm-up step)."""
     if runtime.distributed:
-        device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
-        step_model = DDP(step_model, device_ids=device_ids)
-    return step_model
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    return try_compile(model, config, runtime) if config.compile else model
 
 
 def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
@@ -438,6 +448,11 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()  # explicit: a torchrun worker exits without running atexit hooks
+            self.wandb = None
 
     def summary(self) -> str:
         m = self.last

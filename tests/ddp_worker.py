@@ -1,5 +1,7 @@
-"""Run by test_train.py under torchrun (2 processes, gloo): train a few steps with DDP on fixed batches,
-then rank 0 repeats the same steps in one process with gradient accumulation over both ranks' batches."""
+"""Run by test_train.py under torchrun (2 processes, gloo): train a few steps on fixed batches, summing
+gradients over ranks as the training loop does, then rank 0 repeats the same steps in one process with
+gradient accumulation over both ranks' batches. Rank 1 starts from other weights: prepare_model must
+replace them with rank 0's."""
 
 import json
 import sys
@@ -8,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from picochat.common import Runtime, setup_runtime
+from picochat.common import Runtime, end_torchrun_worker, setup_runtime
 from picochat.data.loader import IGNORE_INDEX
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import forward_backward
+from picochat.train import TrainConfig, forward_backward, prepare_model, sum_gradients
 
 
 def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,35 +26,35 @@ def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def train(runtime: Runtime, model: torch.nn.Module, plain: GPT, ranks_per_step: list[int]) -> dict:
-    optimizers = build_optimizers(plain, OptimConfig(), torch.float32)
+def train(runtime: Runtime, model: GPT, ranks_per_step: list[int]) -> dict:
+    step_model = prepare_model(model, TrainConfig(compile=False), runtime)
+    optimizers = build_optimizers(model, OptimConfig(), torch.float32)
     losses = []
     for step in range(4):
-        loss = forward_backward(model, [batches_for(r, step) for r in ranks_per_step], runtime)
+        loss = forward_backward(step_model, [batches_for(r, step) for r in ranks_per_step], runtime)
+        sum_gradients(model, runtime)
         for optimizer in optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
-    return {"losses": losses, "param_sum": sum(p.double().sum().item() for p in plain.parameters())}
+    return {"losses": losses, "param_sum": sum(p.double().sum().item() for p in model.parameters())}
 
 
-def fresh_model() -> GPT:
-    torch.manual_seed(0)
+def fresh_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
     return GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_embd=64, n_head=1, n_kv_head=1))
 
 
 def main(out: Path) -> None:
     runtime = setup_runtime("cpu", "float32")
-    plain = fresh_model()
-    ddp = torch.nn.parallel.DistributedDataParallel(plain)
-    result = train(runtime, ddp, plain, [runtime.rank])
+    result = train(runtime, fresh_model(seed=runtime.rank), [runtime.rank])
     (out / f"rank{runtime.rank}.json").write_text(json.dumps(result))
     if runtime.rank == 0:
         single_runtime = Runtime(torch.device("cpu"), torch.float32)
-        single = fresh_model()
-        (out / "single.json").write_text(json.dumps(train(single_runtime, single, single, [0, 1])))
+        (out / "single.json").write_text(json.dumps(train(single_runtime, fresh_model(), [0, 1])))
     dist.barrier()
     dist.destroy_process_group()
+    end_torchrun_worker(0)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The one training loop: loss normalisation, learning, exact resume after kill -9, signals, corrupt
-checkpoints, non-finite losses, torch.compile fallback, and 2-process DDP on gloo."""
+checkpoints, non-finite losses, torch.compile fallback, and 2 processes on gloo."""
 
 import argparse
 import json
@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,27 @@ def test_bad_flags_are_one_line_errors(home):
     assert result.stderr.strip() == "picochat: error: --depth must be >= 1, got 0"
 
 
+def test_wandb_gets_every_record_and_is_finished(home):
+    """A torchrun worker skips atexit hooks, so the loop itself must finish the wandb run."""
+    calls = []
+
+    class FakeRun:
+        def log(self, record, step):
+            calls.append(("log", step, dict(record)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: calls.append(("init", kwargs["project"])) or FakeRun())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "wandb", fake)
+        run(flags_dict(*TINY, "--wandb", "--num-iterations", "2", "--eval-every", "0", "--home", str(home)))
+    assert calls[0] == ("init", "picochat") and calls[-1] == ("finish",)
+    logged = [call[2] for call in calls if call[0] == "log"]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2]
+    assert logged[-1]["val_bpb"] == json.loads((home / "checkpoints" / "base" / "done.json").read_text())["val_bpb"]
+
+
 def test_gradient_accumulation_matches_one_big_batch(home, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(home, other)
@@ -267,12 +289,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(home):
         run(flags_dict(*TINY, "--num-iterations", "8", "--resume", str(latest), "--home", str(home)))
 
 
-# ---- DDP on CPU: 2 processes, gloo ---------------------------------------------------------------------------
+# ---- data parallel on CPU: 2 processes, gloo -------------------------------------------------------------
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(home, tmp_path):
-    """DDP over 2 gloo processes equals 1 process accumulating both ranks' batches: same losses, same
-    weights. ddp_worker.py feeds both runs identical batches (the real loader gives ranks different data)."""
+    """2 gloo processes equal 1 process accumulating both ranks' batches: same losses, same weights.
+    ddp_worker.py feeds both runs identical batches (the real loader gives ranks different data)."""
     worker = Path(__file__).parent / "ddp_worker.py"
     results = tmp_path / "results"
     results.mkdir()
