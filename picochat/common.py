@@ -153,8 +153,8 @@ def end_torchrun_worker(code: int) -> None:
     """Exit without the interpreter's teardown (the process group is already destroyed).
 
     With torch 2.13, once torch._dynamo is imported (every optimizer imports it), gloo's worker threads
-    outlive destroy_process_group; C++ static destructors then meet them still running and, in about
-    1 run in 40, abort a finished run ("terminate called without an active exception")."""
+    outlive destroy_process_group; C++ static destructors then meet them still running and now and then
+    (3 of 320 two-process runs here) abort a finished run ("terminate called without an active exception")."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
