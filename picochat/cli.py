@@ -50,6 +50,13 @@ def _find_command(argv: list[str]) -> tuple[tuple[str, str | None], list[str]]:
     fail(f"unknown command {' '.join(argv[:2])!r}; choose one of: {', '.join(known)}")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag is one line naming it, not the whole usage block."""
+
+    def error(self, message: str) -> None:
+        fail(f"{message} (see `{self.prog} --help`)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -69,7 +76,7 @@ def run_command(argv: list[str]) -> None:
     key, rest = _find_command(argv)
     module_name, class_names, function_name, help_text = COMMANDS[key]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
+    parser = OneLineErrorParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
     for class_name in class_names.split():  # a command may combine several config parts
         cfg.add_arguments(parser, getattr(module, class_name))
     args = parser.parse_args(rest)

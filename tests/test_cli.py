@@ -159,6 +159,19 @@ def test_unknown_command(argv, capsys):
     assert "unknown command" in line and "tokenizer train" in line
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--dtype", "float16"], "--dtype"),
+    (["train", "--depth", "four"], "--depth"),
+    (["data", "prepare", "--sauce", "offline"], "--sauce"),
+])
+def test_argparse_errors_are_one_line_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    line = error_line(capsys)
+    assert flag in line and "--help" in line
+
+
 def test_unknown_command_from_a_shell(tmp_path):
     env = {**os.environ, "PICOCHAT_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "picochat.cli", "frobnicate"], capture_output=True,
