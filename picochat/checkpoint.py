@@ -41,9 +41,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch reports a truncated zip as RuntimeError
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from e
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a damaged file fails in many ways inside torch.load: zip, pickle, EOF, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({reason})") from e
+    missing = [key for key in ("model", "model_config", "train_state") if key not in checkpoint] \
+        if isinstance(checkpoint, dict) else ["a dict"]
+    if missing:
+        raise ValueError(f"{path} is not a picochat checkpoint (it lacks {', '.join(missing)})")
+    return checkpoint
 
 
 def load_latest(directory: str | Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:

@@ -289,6 +289,28 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(home):
         run(flags_dict(*TINY, "--num-iterations", "8", "--resume", str(latest), "--home", str(home)))
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b""])
+def test_resume_from_a_file_that_is_not_a_checkpoint_is_one_line(home, tmp_path, content):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(content)
+    result = subprocess.run([sys.executable, "-m", "picochat.cli", "train", *TINY, "--resume", str(bogus)],
+                            env={**os.environ, "PICOCHAT_HOME": str(home)}, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"picochat: error: checkpoint {bogus} is corrupt or truncated (")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_torch_file_that_is_not_a_picochat_checkpoint_is_skipped(home):
+    run(flags_dict(*TINY, "--num-iterations", "2", "--save-every", "1", "--home", str(home)))
+    out = home / "checkpoints" / "base"
+    torch.save({"weights": torch.zeros(2)}, out / "step_000009.pt")
+    with pytest.raises(ValueError, match="is not a picochat checkpoint"):
+        run(flags_dict(*TINY, "--num-iterations", "3", "--resume", str(out / "step_000009.pt"),
+                       "--home", str(home)))
+    state = run(flags_dict(*TINY, "--num-iterations", "3", "--resume", "--home", str(home)))
+    assert state.step == 3  # --resume latest skipped the stranger and went on from step 2
+
+
 # ---- data parallel on CPU: 2 processes, gloo -------------------------------------------------------------
 
 @pytest.mark.slow
