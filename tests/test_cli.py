@@ -263,6 +263,23 @@ def test_prepare_force_rebuilds(offline, tmp_path, capsys, force):
     assert read_manifest(corpus_dir(tmp_path))["documents"] == 60
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_prepare_repairs_a_damaged_corpus(offline, tmp_path, capsys, damage):
+    cli.main(["data", "prepare", "--source", "offline"])
+    directory = corpus_dir(tmp_path)
+    victim = list_shards(directory)[1]
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:100])
+    capsys.readouterr()
+    cli.main(["data", "prepare"])  # auto: keeps the offline source and never probes the network
+    out = capsys.readouterr().out
+    assert f"1 shard(s) missing or damaged ({victim.name}); repairing the offline corpus" in out
+    assert len(offline) == 2
+    assert sum(1 for _ in iter_texts(list_shards(directory))) == 60
+
+
 def test_prepare_other_source_clears_the_old_corpus_first(offline, tmp_path, monkeypatch):
     cli.main(["data", "prepare", "--source", "offline"])
     directory = corpus_dir(tmp_path)

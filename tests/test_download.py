@@ -226,6 +226,20 @@ def test_rerun_skips_valid_shards_and_replaces_broken_ones(serve, tmp_path):
     assert recorded[shard_name(1)] == hashlib.sha256(hub.files[shard_name(1)]).hexdigest()
 
 
+def test_prepare_repairs_a_damaged_fineweb_corpus_shard_by_shard(serve, tmp_path, capsys):
+    hub = serve(3)
+    flags = ["data", "prepare", "--source", "fineweb", "--num-shards", "3", "--base-url", hub.url,
+             "--home", str(tmp_path)]
+    cli.main(flags)
+    directory = tmp_path / "data" / "base"
+    requests = len(hub.gets)
+    (directory / shard_name(2)).write_bytes(b"garbage")
+    cli.main(flags[:4] + flags[6:])  # default --num-shards (8): the repair keeps the corpus's own 3
+    assert "repairing the fineweb corpus" in capsys.readouterr().out
+    assert hub.gets[requests:] == [(shard_name(2), None)]
+    assert_downloaded(hub, directory, sorted(directory.glob("shard_*.parquet")))
+
+
 def test_refuses_a_folder_holding_another_corpus(serve, tmp_path):
     hub = serve(1)
     out = tmp_path / "out"

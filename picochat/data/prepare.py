@@ -16,7 +16,7 @@ from picochat.common import picochat_home
 from picochat.config import build, option
 from picochat.data.download import FINEWEB_URL, download_shards, network_reachable
 from picochat.data.offline import build_offline_corpus
-from picochat.data.shards import MANIFEST, corpus_dir, read_manifest
+from picochat.data.shards import MANIFEST, corpus_dir, damaged_shards, read_manifest
 
 
 @dataclass
@@ -62,14 +62,22 @@ def run(args) -> dict:
     home = picochat_home(config.home or None)
     directory = corpus_dir(home)
     existing = read_manifest(directory)
-    if existing and not config.force and config.source in ("auto", MANIFEST_SOURCE.get(existing.get("source"))):
-        print(f"data: corpus already in {directory} ({existing.get('source')}); --force rebuilds it")
-        return existing
-    source = resolve_source(config)
-    if existing:
+    existing_source = MANIFEST_SOURCE.get(existing.get("source"))
+    num_shards = config.num_shards
+    if existing and not config.force and config.source in ("auto", existing_source):
+        damaged = damaged_shards(directory, existing)
+        if not damaged:
+            print(f"data: corpus already in {directory} ({existing.get('source')}); --force rebuilds it")
+            return existing
+        print(f"data: {len(damaged)} shard(s) missing or damaged ({', '.join(damaged)}); "
+              f"repairing the {existing_source} corpus")
+        source, num_shards = existing_source, len(existing["shards"])
+    else:
+        source = resolve_source(config)
+    if existing and (config.force or source != existing_source):
         clear_corpus(directory)
     if source == "fineweb":
-        download_shards(range(config.num_shards), directory, config.base_url, workers=config.workers)
+        download_shards(range(num_shards), directory, config.base_url, workers=config.workers)
         manifest = read_manifest(directory)
     else:
         manifest = build_offline_corpus(directory, Path(home) / "data" / "packages",

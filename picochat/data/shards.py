@@ -56,14 +56,25 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
     """Open a shard and check it has a text column; corrupt or missing files raise one clear line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"shard {path} is missing; run `picochat data prepare` again")
+        raise FileNotFoundError(f"shard {path} is missing; `picochat data prepare` repairs the corpus")
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"shard {path} is corrupt ({e}); delete it and run `picochat data prepare` again") from e
+        raise ValueError(f"shard {path} is corrupt ({e}); `picochat data prepare` repairs the corpus") from e
     if "text" not in parquet.schema_arrow.names:
         raise ValueError(f"shard {path} has no 'text' column; it is not a picochat/FineWeb shard")
     return parquet
+
+
+def damaged_shards(directory: str | Path, manifest: dict) -> list[str]:
+    """The manifest's shards that are missing or do not open as parquet (reads only their footers)."""
+    damaged = []
+    for entry in manifest.get("shards", []):
+        try:
+            open_shard(Path(directory) / entry["file"])
+        except (FileNotFoundError, ValueError):
+            damaged.append(entry["file"])
+    return damaged
 
 
 def write_shard(path: Path, documents: list[Document], row_group_size: int = 256) -> int:
