@@ -43,9 +43,12 @@ class GPTConfig:
         n_embd = depth * 64
         head_dim = head_dim or 128  # wide heads: attention kernels run faster at 128 than at 64 on CPU too
         n_head = max(1, n_embd // head_dim)
-        if n_embd % n_head or n_head % kv_head_ratio:
-            raise ValueError(f"depth {depth} gives width {n_embd}, which {n_head} heads "
-                             f"(kv ratio {kv_head_ratio}) do not divide; choose another --depth or --head-dim")
+        if n_embd % n_head:
+            raise ValueError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim {head_dim} "
+                             "do not divide; choose another --depth or --head-dim")
+        if n_head % kv_head_ratio:
+            raise ValueError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
+                             f"{depth}; choose another ratio, --depth or --head-dim")
         return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_embd=n_embd,
                    n_head=n_head, n_kv_head=n_head // kv_head_ratio)
 

@@ -72,6 +72,8 @@ class TrainConfig:
                                    "eval_every", "save_every", "head_dim"))
         if self.num_iterations == 0 and self.time_budget == 0 and self.target_param_data_ratio == 0:
             raise ValueError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
+        if self.num_iterations and self.time_budget:
+            raise ValueError("give --num-iterations or --time-budget, not both")
 
     @property
     def home_path(self) -> Path:
@@ -112,6 +114,7 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     out_dir = checkpoint_dir(config.home_path, stage.name)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.home_path)
+    check_val_split(stage, tokenizer, config, runtime)
     model_config = GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len,
                                         config.head_dim, config.kv_head_ratio)
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
@@ -124,8 +127,11 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
 
     print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
            f"{describe(config)}\n{describe(optim_config)}")
-    print0(f"model: {model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token; "
-           f"{tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) x {runtime.world_size} process(es)")
+    shape = model_config
+    print0(f"model: {shape.n_layer} layers x {shape.n_embd} wide, {shape.n_head} heads of {shape.head_dim} "
+           f"({shape.n_kv_head} kv); {model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token")
+    print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
+           f"{config.max_seq_len} x {runtime.world_size} process(es)")
     step_model = prepare_model(model, config, runtime)
     peak, peak_source = peak_flops(runtime.device, runtime.dtype)
     print0(f"peak {runtime.dtype} matmul: {peak / 1e9:,.0f} GFLOP/s ({peak_source})")
@@ -276,6 +282,17 @@ def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
         raise ValueError(f"--total-batch-size {config.total_batch_size} must be a multiple of "
                          f"--device-batch-size x --max-seq-len x processes = {per_micro_step}")
     return config.total_batch_size // per_micro_step
+
+
+def check_val_split(stage: Stage, tokenizer, config: TrainConfig, runtime: Runtime) -> None:
+    """Fail before training rather than after it when not one rank gets a single val batch."""
+    batches = torch.tensor(float(next(iter(stage.val_batches(tokenizer, config, runtime)), None) is not None))
+    if runtime.distributed:
+        batches = batches.to(runtime.device)
+        dist.all_reduce(batches)  # a rank may get none when the val shard has fewer row groups than ranks
+    if batches.item() == 0:
+        raise ValueError(f"the val split is shorter than one batch of {config.device_batch_size} x "
+                         f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
 
 
 def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> int:

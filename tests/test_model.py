@@ -107,8 +107,10 @@ def test_from_depth_and_accounting():
     assert params["blocks"] == 4 * 12 * 256 * 256  # q,k,v,proj (4 d^2) + MLP (8 d^2) per block
     expected_flops = 6 * (params["total"] - params["embedding"]) + 12 * 4 * 256 * 512
     assert model.flops_per_token() == expected_flops
-    with pytest.raises(ValueError, match="--depth"):
+    with pytest.raises(ValueError, match="--kv-head-ratio 3 does not divide the 4 head"):
         GPTConfig.from_depth(4, 8192, 512, head_dim=64, kv_head_ratio=3)
+    with pytest.raises(ValueError, match="width 448, which 3 heads of --head-dim 128 do not divide"):
+        GPTConfig.from_depth(7, 8192, 512)
 
 
 def test_fresh_model_predicts_near_uniform():

@@ -179,10 +179,14 @@ def test_real_torch_compile_trains_like_eager(home, tmp_path, capsys):
 
 
 def test_bad_flags_are_one_line_errors(home):
+    with pytest.raises(ValueError, match="--num-iterations or --time-budget, not both"):
+        run(flags_dict(*TINY, "--num-iterations", "1", "--time-budget", "1", "--home", str(home)))
     with pytest.raises(ValueError, match="--total-batch-size"):
         run(flags_dict(*TINY, "--total-batch-size", "100", "--num-iterations", "1", "--home", str(home)))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         run(flags_dict(*TINY, "--resume", "--num-iterations", "1", "--home", str(home)))
+    with pytest.raises(ValueError, match="val split is shorter than one batch of 2 x 100000 tokens"):
+        run(flags_dict(*TINY, "--max-seq-len", "100000", "--num-iterations", "1", "--home", str(home)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail, as where it is not installed
         with pytest.raises(ValueError, match="--wandb needs the wandb package"):

@@ -37,4 +37,7 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, max_tokens
     if runtime.distributed:
         dist.all_reduce(nats)
         dist.all_reduce(n_bytes)
-    return (nats / (math.log(2) * n_bytes.clamp(min=1))).item()
+    if n_bytes.item() == 0:
+        raise ValueError("no validation bytes to score: the val split is shorter than one batch "
+                         "(lower --device-batch-size or --max-seq-len)")
+    return (nats / (math.log(2) * n_bytes)).item()
