@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for field in dataclasses.fields(cls):
         kind = _base_type(hints[field.name])
         meta = field.metadata
-        help_text = f"{meta.get('help', '')} (default: {field.default})"
+        help_text = meta.get("help", "") + (f" (default: {field.default})" if field.default != "" else "")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text,
                                   "type": parse_bool if kind is bool else kind}
         if kind is bool:
