@@ -127,9 +127,9 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
 
     print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
            f"{describe(config)}\n{describe(optim_config)}")
-    shape = model_config
-    print0(f"model: {shape.n_layer} layers x {shape.n_embd} wide, {shape.n_head} heads of {shape.head_dim} "
-           f"({shape.n_kv_head} kv); {model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token")
+    print0(f"model: {model_config.n_layer} layers x {model_config.n_embd} wide, {model_config.n_head} heads of "
+           f"{model_config.head_dim} ({model_config.n_kv_head} kv); {model.num_params()['total']:,} params, "
+           f"{model.flops_per_token():.3g} FLOPs/token")
     print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
            f"{config.max_seq_len} x {runtime.world_size} process(es)")
     step_model = prepare_model(model, config, runtime)
