@@ -367,11 +367,14 @@ def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn
 def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
     """torch.compile needs a C++ compiler (CPU) or Triton (GPU); without them, train eager, never crash."""
     compiled = torch.compile(model)
-    dummy = torch.zeros(config.device_batch_size, config.max_seq_len, dtype=torch.long, device=runtime.device)
+    # Two distinct tensors, as in training: passing one for both makes dynamo guard on `idx is targets`
+    # and compile all over again at the first real step.
+    inputs = torch.zeros(config.device_batch_size, config.max_seq_len, dtype=torch.long, device=runtime.device)
+    targets = torch.zeros_like(inputs)
     error = None
     try:
         with runtime.autocast():
-            loss = compiled(dummy, dummy)
+            loss = compiled(inputs, targets)
         loss.backward()
     except Exception as e:  # dynamo/inductor raise many types; every one of them means "use eager"
         error = e

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from picochat.checkpoint import list_checkpoints, load_latest
 from picochat.common import Runtime
@@ -171,8 +172,11 @@ def test_real_torch_compile_trains_like_eager(home, tmp_path, capsys):
     eager_home = tmp_path / "eager"
     shutil.copytree(home, eager_home)
     run(flags_dict(*TINY, "--num-iterations", "3", "--home", str(eager_home)))
+    torch._dynamo.reset()
+    counters.clear()
     run(flags_dict(*TINY, "--compile", "true", "--num-iterations", "3", "--home", str(home)))
     assert "training eager" not in capsys.readouterr().out  # the compiled path really ran
+    assert counters["stats"]["unique_graphs"] == 1  # the warm-up's graph served every step: no recompile
     eager, compiled = losses(eager_home), losses(home)
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], abs=1e-3)
