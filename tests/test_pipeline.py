@@ -1,0 +1,62 @@
+"""`bash scripts/local_cpu_train.sh`, the one command, on the tiny corpus: a full run, a re-run that
+reuses everything, and Ctrl-C in the middle of training followed by a re-run that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "local_cpu_train.sh"
+TINY_TRAIN_FLAGS = ("--max-seq-len 32 --device-batch-size 2 --compile false --dtype float32 "
+                    "--eval-tokens 256 --eval-every 0")
+
+
+def pipeline(home: Path, minutes: float) -> subprocess.Popen:
+    env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
+           "BASE_MINUTES": str(minutes), "TRAIN_FLAGS": TINY_TRAIN_FLAGS,
+           "HTTPS_PROXY": "http://127.0.0.1:9"}  # GPT-2/GPT-4 vocab downloads fail at once: "skipped (offline)"
+    return subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # own process group, like a terminal job
+
+
+@pytest.mark.slow
+def test_pipeline_runs_then_reuses_everything(fresh_home):
+    first = pipeline(fresh_home, 0.05)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out
+    assert "data: corpus already in" in out and "tokenizer: already trained" in out
+    assert "bytes/token" in out
+    done = json.loads((fresh_home / "checkpoints" / "base" / "done.json").read_text())
+    assert done["step"] > 0 and done["val_bpb"] > 0
+
+    again = pipeline(fresh_home, 0.05)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    assert "base: already trained" in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_the_next_run_resumes(fresh_home):
+    base = fresh_home / "checkpoints" / "base"
+    run = pipeline(fresh_home, 5)
+    deadline = time.monotonic() + 120
+    while not list(base.glob("step_*.pt")) and time.monotonic() < deadline:  # --save-every 50
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the script and picochat both get it
+    out = run.communicate(timeout=120)[0]
+    assert run.returncode == 130, out
+    assert "checkpoint written" in out and "run this script again to resume" in out
+    assert not (base / "done.json").exists()
+    stopped_at = max(int(p.stem.split("_")[1]) for p in base.glob("step_*.pt"))
+
+    resumed = pipeline(fresh_home, 0.01)  # a shorter budget: it is already spent, so the run just finishes
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert "base: resuming the interrupted run" in out and f"step_{stopped_at:06d}.pt" in out
+    assert json.loads((base / "done.json").read_text())["step"] >= stopped_at
