@@ -23,6 +23,7 @@ import torch
 
 from picochat.common import atomic_write_text, picochat_home
 from picochat.config import build, option
+from picochat.data.download import url_reachable
 from picochat.data.shards import corpus_dir, iter_texts, split_shards
 
 SPECIAL_TOKENS = [
@@ -246,6 +247,10 @@ def compression(encode, texts: list[str]) -> float:
     return n_bytes / max(n_tokens, 1)
 
 
+# Where tiktoken fetches the GPT-2 / GPT-4 vocabularies (unless they are in its cache).
+TIKTOKEN_PROBE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+
+
 def eval_command(args) -> dict:
     config = build(TokenizerEvalConfig, args)
     home = picochat_home(config.home or None)
@@ -253,7 +258,11 @@ def eval_command(args) -> dict:
     train_shards, val_shards = split_shards(corpus_dir(home))
     texts = list(iter_texts(val_shards, max_bytes=config.max_chars))
     results = {"picochat": compression(tokenizer.encode, texts)}
+    online = url_reachable(TIKTOKEN_PROBE_URL)
     for name in ("gpt2", "cl100k_base"):
+        if not online:  # tiktoken's own download has no timeout: behind a firewall it would hang
+            print(f"  {name:<12} skipped (offline: {TIKTOKEN_PROBE_URL.split('/')[2]} did not answer)")
+            continue
         try:
             reference = tiktoken.get_encoding(name)
         except (OSError, ValueError) as e:  # offline: tiktoken cannot fetch its vocab files

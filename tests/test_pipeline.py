@@ -20,7 +20,7 @@ TINY_TRAIN_FLAGS = ("--max-seq-len 32 --device-batch-size 2 --compile false --dt
 def pipeline(home: Path, minutes: float) -> subprocess.Popen:
     env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
            "BASE_MINUTES": str(minutes), "TRAIN_FLAGS": TINY_TRAIN_FLAGS,
-           "HTTPS_PROXY": "http://127.0.0.1:9"}  # GPT-2/GPT-4 vocab downloads fail at once: "skipped (offline)"
+           "HTTPS_PROXY": "http://127.0.0.1:9"}  # the GPT-2/GPT-4 vocab host probe fails at once
     return subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # own process group, like a terminal job
 

@@ -9,6 +9,7 @@ import pytest
 import tiktoken
 
 from picochat import cli
+from picochat import tokenizer as tokenizer_module
 from picochat.data.shards import corpus_dir, iter_texts, list_shards, read_manifest
 from picochat.tokenizer import (META_FILE, RANKS_FILE, SPECIAL_TOKENS, Tokenizer, load_tokenizer,
                                 tokenizer_dir)
@@ -294,6 +295,7 @@ def test_cli_train_then_eval(fresh_home, monkeypatch, capsys):
     tokenizer = load_tokenizer(fresh_home)
     assert tokenizer.vocab_size == 300
 
+    monkeypatch.setattr(tokenizer_module, "url_reachable", lambda url: True)  # the host answers, the fetch fails
     cli.main(["tokenizer", "eval"])
     out = capsys.readouterr().out
     assert re.search(r"gpt2 +skipped \(offline: ConnectionError\)", out)
@@ -311,6 +313,19 @@ def test_cli_train_then_eval(fresh_home, monkeypatch, capsys):
         "tokens": sum(len(tokenizer.encode(text)) + 1 for text in texts),
     }
     assert len(texts) == manifest["documents"]
+
+
+def test_eval_skips_reference_encodings_when_their_host_is_silent(fresh_home, monkeypatch, capsys):
+    """tiktoken downloads without a timeout, so an unanswered probe must keep eval from calling it."""
+    monkeypatch.setenv("PICOCHAT_HOME", str(fresh_home))
+    probed = []
+    monkeypatch.setattr(tokenizer_module, "url_reachable", lambda url: probed.append(url) or False)
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: pytest.fail("tiktoken must not be asked"))
+    cli.main(["tokenizer", "eval"])
+    out = capsys.readouterr().out
+    assert probed == [tokenizer_module.TIKTOKEN_PROBE_URL]
+    assert re.search(r"gpt2 +skipped \(offline: .* did not answer\)", out)
+    assert re.search(r"picochat +\d+\.\d{3} bytes/token", out)
 
 
 def test_cli_train_respects_max_chars(fresh_home, monkeypatch, capsys):

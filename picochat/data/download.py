@@ -79,15 +79,19 @@ def shard_url(base_url: str, name: str) -> str:
     return f"{base_url.rstrip('/')}/{name}"
 
 
-def network_reachable(base_url: str = FINEWEB_URL, timeout: float = 3.0) -> bool:
-    """True if shard 0 answers a HEAD request within `timeout`; used to fall back to the offline corpus."""
-    request = urllib.request.Request(shard_url(base_url, shard_name(0)), method="HEAD",
-                                     headers={"User-Agent": USER_AGENT})
+def url_reachable(url: str, timeout: float = 3.0) -> bool:
+    """True if `url` answers a HEAD request with success within `timeout`."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout):
             return True
     except (OSError, http.client.HTTPException):  # URLError, HTTPError and timeouts are all OSErrors
         return False
+
+
+def network_reachable(base_url: str = FINEWEB_URL, timeout: float = 3.0) -> bool:
+    """True if shard 0 answers within `timeout`; used to fall back to the offline corpus."""
+    return url_reachable(shard_url(base_url, shard_name(0)), timeout)
 
 
 def download_shards(indices, directory: str | Path, base_url: str = FINEWEB_URL, workers: int = 4,
