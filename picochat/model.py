@@ -225,8 +225,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
-            loss, grad = _chunk_loss_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
-            total += loss
+            losses, grad = _chunk_losses_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
+            total += losses.sum()
             if needs_grad:
                 grad_x[rows] = grad @ weight  # autocast picks the matmul dtype
                 grad_w += grad.t() @ x[rows]
@@ -239,9 +239,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_output, grad_w * grad_output, None, None, None
 
 
-def _chunk_loss_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
-    """Loss sum and d(loss)/d(raw logits) for a few rows, in as few passes over (rows x vocab) as we can:
-    on a CPU these elementwise passes, not the matmul, are the cost."""
+def _chunk_losses_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
+    """Per-row losses (0 where masked) and d(their sum)/d(raw logits) for a few rows, in as few passes over
+    (rows x vocab) as we can: on a CPU these elementwise passes, not the matmul, are the cost."""
     raw = x @ weight.t()                                   # (rows, vocab), bf16 under autocast
     t = raw.float().mul_(1 / softcap).tanh_()              # capped logits = softcap * t
     e = torch.exp(t * softcap)  # |logits| <= softcap, so exp cannot overflow: no max-subtraction pass
@@ -249,14 +249,14 @@ def _chunk_loss_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
     valid = targets != IGNORE_INDEX
     safe_targets = targets.clamp(min=0)[:, None]
     picked = t.gather(1, safe_targets).squeeze(1) * softcap
-    loss = ((partition.log() - picked) * valid).sum()
+    losses = (partition.log() - picked) * valid
     if not needs_grad:
-        return loss, None
+        return losses, None
     e.div_(partition[:, None])                             # softmax
     e.scatter_add_(1, safe_targets, torch.full_like(t[:, :1], -1.0))  # minus the one-hot target
     e.masked_fill_(~valid[:, None], 0.0)
     e.mul_(t.square_().neg_().add_(1))                     # back through the tanh: 1 - t^2
-    return loss, e.to(raw.dtype)                           # cast once for both gradient matmuls
+    return losses, e.to(raw.dtype)                         # cast once for both gradient matmuls
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
@@ -269,10 +269,8 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     B, T, C = x.shape
     flat_x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
     if reduction == "none":  # evaluation: per-token losses, no gradients, still chunked to bound memory
-        losses = []
-        for start in range(0, B * T, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = softcap * torch.tanh((flat_x[rows] @ weight.t()).float() / softcap)
-            losses.append(F.cross_entropy(logits, flat_targets[rows], ignore_index=IGNORE_INDEX, reduction="none"))
+        losses = [_chunk_losses_and_grad(flat_x[start:start + chunk_rows], weight,
+                                         flat_targets[start:start + chunk_rows], softcap, needs_grad=False)[0]
+                  for start in range(0, B * T, chunk_rows)]
         return torch.cat(losses).view(B, T)
     return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, softcap, chunk_rows)
