@@ -31,7 +31,7 @@ from picochat.model import GPT, GPTConfig, linear_cross_entropy
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.perf import measure_matmul_flops, peak_rss_bytes
 from picochat.tokenizer import TokenizerTrainConfig
-from picochat.train import TrainConfig, forward_backward
+from picochat.train import TrainConfig, train_step
 
 # What to measure; edit freely. Dataclass fields with defaults are class attributes, so the cpu default
 # follows `picochat train`'s own defaults and the tokenizer's default vocab.
@@ -64,15 +64,6 @@ def random_batches(spec: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
             for _ in range(spec["grad_accum"])]
 
 
-def train_step(step_model: torch.nn.Module, optimizers: list, batches: list, runtime: Runtime) -> float:
-    """One optimizer step as train.training_loop takes it, less the LR schedule and logging."""
-    loss = forward_backward(step_model, batches, runtime)
-    for optimizer in optimizers:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss
-
-
 def run_worker(spec: dict) -> dict:
     """Build the model, maybe compile it, take WARMUP_STEPS untimed steps, then time spec['steps'] steps."""
     torch.manual_seed(0)
@@ -82,13 +73,13 @@ def run_worker(spec: dict) -> dict:
     step_model = torch.compile(model) if spec["compile"] else model
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS):
-        train_step(step_model, optimizers, random_batches(spec), runtime)
+        train_step(step_model, model, optimizers, random_batches(spec), runtime)
     warmup_seconds = time.perf_counter() - start
     step_seconds, loss = [], float("nan")
     for _ in range(spec["steps"]):
         batches = random_batches(spec)  # made outside the timer: only the training step is measured
         start = time.perf_counter()
-        loss = train_step(step_model, optimizers, batches, runtime)
+        loss = train_step(step_model, model, optimizers, batches, runtime)
         step_seconds.append(time.perf_counter() - start)
     tokens_per_step = spec["device_batch_size"] * spec["sequence_len"] * spec["grad_accum"]
     return {"device_batch_size": spec["device_batch_size"], "grad_accum": spec["grad_accum"],

@@ -177,13 +177,8 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             set_lr(ctx.optimizers, lr)
             start = time.perf_counter()
             batches = [next(ctx.train_loader) for _ in range(ctx.grad_accum)]
-            loss = forward_backward(ctx.step_model, batches, runtime)
-            sum_gradients(ctx.model, runtime)
-            finite = check_loss(loss, state, config)
-            for optimizer in ctx.optimizers:
-                if finite:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            loss = train_step(ctx.step_model, ctx.model, ctx.optimizers, batches, runtime,
+                              update_if=lambda loss: check_loss(loss, state, config))
             seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
             state.step += 1
             state.tokens += ctx.tokens_per_step
@@ -210,6 +205,20 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
            f"val bpb {state.val_bpb:.4f}; checkpoint in {ctx.out_dir}")
     return state
+
+
+def train_step(step_model: torch.nn.Module, model: GPT, optimizers: list, batches: list, runtime: Runtime,
+               update_if=lambda loss: True) -> float:
+    """One optimizer step over `batches` (the micro-batches of this rank); returns the step's mean loss.
+    update_if(loss) may veto the update (a non-finite loss); the gradients are cleared either way."""
+    loss = forward_backward(step_model, batches, runtime)
+    sum_gradients(model, runtime)
+    update = update_if(loss)
+    for optimizer in optimizers:
+        if update:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtime) -> float:

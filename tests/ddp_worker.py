@@ -14,7 +14,7 @@ from picochat.common import Runtime, end_torchrun_worker, setup_runtime
 from picochat.data.loader import IGNORE_INDEX
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import TrainConfig, forward_backward, prepare_model, sum_gradients
+from picochat.train import TrainConfig, prepare_model, train_step
 
 
 def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +31,8 @@ def train(runtime: Runtime, model: GPT, ranks_per_step: list[int]) -> dict:
     optimizers = build_optimizers(model, OptimConfig(), torch.float32)
     losses = []
     for step in range(4):
-        loss = forward_backward(step_model, [batches_for(r, step) for r in ranks_per_step], runtime)
-        sum_gradients(model, runtime)
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        losses.append(loss)
+        losses.append(train_step(step_model, model, optimizers, [batches_for(r, step) for r in ranks_per_step],
+                                 runtime))
     return {"losses": losses, "param_sum": sum(p.double().sum().item() for p in model.parameters())}
 
 
