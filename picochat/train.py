@@ -295,11 +295,11 @@ def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
 
 def check_val_split(stage: Stage, tokenizer, config: TrainConfig, runtime: Runtime) -> None:
     """Fail before training rather than after it when not one rank gets a single val batch."""
-    batches = torch.tensor(float(next(iter(stage.val_batches(tokenizer, config, runtime)), None) is not None))
-    if runtime.distributed:
-        batches = batches.to(runtime.device)
-        dist.all_reduce(batches)  # a rank may get none when the val shard has fewer row groups than ranks
-    if batches.item() == 0:
+    has_batch = next(iter(stage.val_batches(tokenizer, config, runtime)), None) is not None
+    ranks_with_a_batch = torch.tensor(float(has_batch), device=runtime.device)
+    if runtime.distributed:  # a rank may get none when the val shard has fewer row groups than ranks
+        dist.all_reduce(ranks_with_a_batch)
+    if ranks_with_a_batch.item() == 0:
         raise ValueError(f"the val split is shorter than one batch of {config.device_batch_size} x "
                          f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
 
