@@ -27,7 +27,8 @@ import torch
 
 from picochat.checkpoint import checkpoint_dir
 from picochat.common import DTYPES, Runtime, atomic_write_text, autodetect_dtype, picochat_home
-from picochat.model import GPT, GPTConfig, linear_cross_entropy
+from picochat.loss import linear_cross_entropy
+from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.perf import measure_matmul_flops, peak_rss_bytes
 from picochat.tokenizer import TokenizerTrainConfig

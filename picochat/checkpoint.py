@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from picochat.common import atomic_path, print0
+from picochat.common import UserError, atomic_path, print0
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -39,16 +39,16 @@ def save_checkpoint(directory: str | Path, step: int, state: dict, keep_last: in
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise UserError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a damaged file fails in many ways inside torch.load: zip, pickle, EOF, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({reason})") from e
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({reason})") from e
     missing = [key for key in ("model", "model_config", "train_state") if key not in checkpoint] \
         if isinstance(checkpoint, dict) else ["a dict"]
     if missing:
-        raise ValueError(f"{path} is not a picochat checkpoint (it lacks {', '.join(missing)})")
+        raise UserError(f"{path} is not a picochat checkpoint (it lacks {', '.join(missing)})")
     return checkpoint
 
 
@@ -56,13 +56,13 @@ def load_latest(directory: str | Path, device: torch.device | str = "cpu") -> tu
     """Newest readable checkpoint; corrupt ones are reported in one line each and skipped."""
     candidates = list_checkpoints(directory)
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint to resume from in {directory}")
+        raise UserError(f"no checkpoint to resume from in {directory}")
     for path in reversed(candidates):
         try:
             return path, load_checkpoint(path, device)
-        except ValueError as error:
+        except UserError as error:
             print0(f"warning: {error}; falling back to the previous checkpoint")
-    raise ValueError(f"every checkpoint in {directory} is corrupt; start again without --resume")
+    raise UserError(f"every checkpoint in {directory} is corrupt; start again without --resume")
 
 
 def resolve_resume(resume: str, directory: Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:

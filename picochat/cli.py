@@ -2,7 +2,7 @@
 
 Each command is a (config dataclass, run function) pair in its own module, imported only when used, so
 `picochat --help` is instant. Flags come from the dataclass (picochat/config.py). Bad input prints one
-line and exits 2; there is no traceback for user mistakes.
+line and exits 2 (a UserError); any other exception is a bug in picochat and keeps its traceback.
 
     picochat data prepare --source offline
     picochat tokenizer train --vocab-size 8192
@@ -17,7 +17,7 @@ import os
 import sys
 
 from picochat import config as cfg
-from picochat.common import end_torchrun_worker, fail
+from picochat.common import UserError, end_torchrun_worker, fail
 
 # (group, command) -> (module, config classes, run function, help). `train` has no sub-command.
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
@@ -82,7 +82,7 @@ def run_command(argv: list[str]) -> None:
     args = parser.parse_args(rest)
     try:
         getattr(module, function_name)(args)
-    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError) as error:
+    except UserError as error:  # anything else is a bug and keeps its traceback
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted")

@@ -1,4 +1,5 @@
-"""Shared plumbing: artifact paths, atomic file writes, the Runtime (device, dtype, ranks), rank-0 printing.
+"""Shared plumbing: the user-error type, artifact paths, atomic file writes, the Runtime (device, dtype,
+ranks), rank-0 printing, and the ignore index that data, loss and evals agree on.
 
 Everything that asks "where am I running?" lives here, so the training loop never does. Nothing runs at
 import time: the CLI calls `setup_runtime(...)` once and passes the Runtime along.
@@ -16,6 +17,16 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+
+IGNORE_INDEX = -1  # a target that adds no loss (SFT masks the prompt with it; any negative id works)
+
+
+class UserError(ValueError):
+    """A mistake the user can fix (a bad flag, a missing or corrupt file, a network that is down).
+
+    The CLI prints these as one `picochat: error:` line; every other exception is a bug in picochat and
+    keeps its traceback."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,14 +132,14 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     """Turn flags plus the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE) into a Runtime."""
     device_type = autodetect_device() if device == "auto" else device
     if device_type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
+        raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but MPS is not available; use --device cpu")
+        raise UserError("--device mps was asked for but MPS is not available; use --device cpu")
     dtype_name = autodetect_dtype(device_type) if dtype == "auto" else dtype
     if dtype_name not in DTYPES:
-        raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
+        raise UserError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
 
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

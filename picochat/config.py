@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from picochat.common import UserError
+
 T = TypeVar("T")
 
 
@@ -73,7 +75,7 @@ def require_at_least(config: Any, minimum: float, names: tuple[str, ...]) -> Non
     """ValueError naming the first flag among `names` whose value is below minimum."""
     for name in names:
         if getattr(config, name) < minimum:
-            raise ValueError(f"{flag_name(name)} must be >= {minimum}, got {getattr(config, name)}")
+            raise UserError(f"{flag_name(name)} must be >= {minimum}, got {getattr(config, name)}")
 
 
 def describe(config: Any) -> str:

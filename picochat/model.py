@@ -3,8 +3,8 @@
 - rotary position embeddings, no learned positions; QK-norm; RMSNorm without learnable parameters
 - relu^2 MLP, no biases anywhere, untied token embedding and lm_head, tanh soft-cap on the logits
 - grouped-query attention (n_kv_head < n_head), and an optional KV cache for generation (the engine)
-- the loss is computed by a chunked, fused lm_head + cross-entropy, so the full (tokens x vocab) logits
-  never exist at once: the vocab-sized matmul dominates small models and is memory-bound otherwise.
+- with targets, forward() returns the loss from loss.py's fused lm_head + cross-entropy, so the full
+  (tokens x vocab) logits never exist at once.
 
     model = GPT(GPTConfig.from_depth(4, vocab_size=8192, sequence_len=512))
 """
@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from picochat.data.loader import IGNORE_INDEX
+from picochat.common import UserError
+from picochat.loss import linear_cross_entropy
 
 
 @dataclass
@@ -44,10 +45,10 @@ class GPTConfig:
         head_dim = head_dim or 128  # wide heads: attention kernels run faster at 128 than at 64 on CPU too
         n_head = max(1, n_embd // head_dim)
         if n_embd % n_head:
-            raise ValueError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim {head_dim} "
+            raise UserError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim {head_dim} "
                              "do not divide; choose another --depth or --head-dim")
         if n_head % kv_head_ratio:
-            raise ValueError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
+            raise UserError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
                              f"{depth}; choose another ratio, --depth or --head-dim")
         return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_embd=n_embd,
                    n_head=n_head, n_kv_head=n_head // kv_head_ratio)
@@ -81,7 +82,7 @@ class KVCache:
         """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
         end = self.pos + k.size(2)
         if end > self.k.size(3):
-            raise ValueError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
+            raise UserError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -168,7 +169,7 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         T = idx.size(1)
         if start + T > self.cos.size(1):
-            raise ValueError(f"sequence of {start + T} tokens exceeds the rotary table ({self.cos.size(1)})")
+            raise UserError(f"sequence of {start + T} tokens exceeds the rotary table ({self.cos.size(1)})")
         cos_sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
         x = norm(self.wte(idx))
         for block in self.blocks:
@@ -207,70 +208,3 @@ def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[to
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Fused lm_head + soft-cap + cross-entropy, chunked over tokens
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum of token losses. The forward pass also computes the gradients chunk by chunk (the loss is a sum,
-    so d(loss)/d(logits) = softmax - onehot is known right away); backward only scales them. Memory holds
-    one (chunk x vocab) block of logits instead of all (tokens x vocab)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, softcap, chunk_rows):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        for start in range(0, x.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            losses, grad = _chunk_losses_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
-            total += losses.sum()
-            if needs_grad:
-                grad_x[rows] = grad @ weight  # autocast picks the matmul dtype
-                grad_w += grad.t() @ x[rows]
-        ctx.save_for_backward(grad_x, grad_w)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_output, grad_w * grad_output, None, None, None
-
-
-def _chunk_losses_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
-    """Per-row losses (0 where masked) and d(their sum)/d(raw logits) for a few rows, in as few passes over
-    (rows x vocab) as we can: on a CPU these elementwise passes, not the matmul, are the cost."""
-    raw = x @ weight.t()                                   # (rows, vocab), bf16 under autocast
-    t = raw.float().mul_(1 / softcap).tanh_()              # capped logits = softcap * t
-    e = torch.exp(t * softcap)  # |logits| <= softcap, so exp cannot overflow: no max-subtraction pass
-    partition = e.sum(dim=-1)
-    valid = targets != IGNORE_INDEX
-    safe_targets = targets.clamp(min=0)[:, None]
-    picked = t.gather(1, safe_targets).squeeze(1) * softcap
-    losses = (partition.log() - picked) * valid
-    if not needs_grad:
-        return losses, None
-    e.div_(partition[:, None])                             # softmax
-    e.scatter_add_(1, safe_targets, torch.full_like(t[:, :1], -1.0))  # minus the one-hot target
-    e.masked_fill_(~valid[:, None], 0.0)
-    e.mul_(t.square_().neg_().add_(1))                     # back through the tanh: 1 - t^2
-    return losses, e.to(raw.dtype)                         # cast once for both gradient matmuls
-
-
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
-                         reduction: str = "sum", chunk_rows: int = 1024) -> torch.Tensor:
-    """x: (B, T, C), weight: (V, C), targets: (B, T) with IGNORE_INDEX for masked positions.
-
-    chunk_rows trades memory (3 buffers of chunk_rows x vocab fp32) for speed: each chunk adds its
-    (vocab x C) weight gradient into an fp32 buffer, so chunks of ~100 rows at a 32K vocab are memory-bound
-    (measured on a 2-core CPU: 1024 rows ran 14% faster than 128 at vocab 32,768, equal at 8,192)."""
-    B, T, C = x.shape
-    flat_x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
-    if reduction == "none":  # evaluation: per-token losses, no gradients, still chunked to bound memory
-        losses = [_chunk_losses_and_grad(flat_x[start:start + chunk_rows], weight,
-                                         flat_targets[start:start + chunk_rows], softcap, needs_grad=False)[0]
-                  for start in range(0, B * T, chunk_rows)]
-        return torch.cat(losses).view(B, T)
-    return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, softcap, chunk_rows)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from picochat.common import UserError
+
 from picochat.config import option, require_at_least
 
 
@@ -29,9 +31,9 @@ class OptimConfig:
         require_at_least(self, 0, ("matrix_lr", "embedding_lr", "unembedding_lr", "weight_decay"))
         if not (0 <= self.warmup_ratio <= 1 and 0 <= self.warmdown_ratio <= 1
                 and self.warmup_ratio + self.warmdown_ratio <= 1):
-            raise ValueError("--warmup-ratio and --warmdown-ratio must be in [0, 1] and sum to at most 1")
+            raise UserError("--warmup-ratio and --warmdown-ratio must be in [0, 1] and sum to at most 1")
         if not 0 <= self.final_lr_frac <= 1:
-            raise ValueError(f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
+            raise UserError(f"--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
 
 
 def lr_multiplier(progress: float, warmup: float, warmdown: float, final_frac: float) -> float:

@@ -21,7 +21,7 @@ import rustbpe
 import tiktoken
 import torch
 
-from picochat.common import atomic_write_text, picochat_home
+from picochat.common import UserError, atomic_write_text, picochat_home
 from picochat.config import build, option
 from picochat.data.download import url_reachable
 from picochat.data.shards import corpus_dir, iter_texts, split_shards
@@ -80,17 +80,17 @@ class Tokenizer:
     def load(cls, directory: str | Path) -> "Tokenizer":
         directory = Path(directory)
         if not (directory / RANKS_FILE).exists() or not (directory / META_FILE).exists():
-            raise FileNotFoundError(f"no tokenizer in {directory}; run `picochat tokenizer train` first")
+            raise UserError(f"no tokenizer in {directory}; run `picochat tokenizer train` first")
         try:
             meta = json.loads((directory / META_FILE).read_text())
             ranks = {base64.b64decode(token, validate=True): int(rank) for token, rank in
                      (line.split() for line in (directory / RANKS_FILE).read_text().splitlines() if line)}
             pattern, vocab_size = meta["pattern"], meta["vocab_size"]
         except (ValueError, OSError, KeyError) as e:
-            raise ValueError(f"tokenizer in {directory} is corrupt ({e}); run `picochat tokenizer train` again") from e
+            raise UserError(f"tokenizer in {directory} is corrupt ({e}); run `picochat tokenizer train` again") from e
         # A damaged file must not load with shifted ids: ranks are exactly 0..n-1 and the specials follow.
         if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) + len(SPECIAL_TOKENS) != vocab_size:
-            raise ValueError(f"tokenizer in {directory} is corrupt (ranks do not make a {vocab_size}-token "
+            raise UserError(f"tokenizer in {directory} is corrupt (ranks do not make a {vocab_size}-token "
                              "vocabulary); run `picochat tokenizer train` again")
         return cls.from_ranks(ranks, pattern)
 
@@ -177,13 +177,13 @@ def _merge_system(messages: list[dict]) -> list[dict]:
     messages = list(messages)
     if messages and messages[0]["role"] == "system":
         if len(messages) < 2 or messages[1]["role"] != "user":
-            raise ValueError("a system message must be followed by a user message")
+            raise UserError("a system message must be followed by a user message")
         system, user = messages[0], messages[1]
         messages = [{"role": "user", "content": system["content"] + "\n\n" + user["content"]}] + messages[2:]
     for index, message in enumerate(messages):
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
-            raise ValueError(f"message {index} has role {message['role']!r}, expected {expected!r} "
+            raise UserError(f"message {index} has role {message['role']!r}, expected {expected!r} "
                              "(conversations alternate user/assistant, starting with user)")
     return messages
 
@@ -212,10 +212,10 @@ class TokenizerTrainConfig:
 
     def __post_init__(self):
         if self.vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-            raise ValueError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
+            raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
                              f"(256 bytes + 9 specials + 1 merge), got {self.vocab_size}")
         if self.max_chars <= 0 or self.doc_cap <= 0:
-            raise ValueError("--max-chars and --doc-cap must be positive")
+            raise UserError("--max-chars and --doc-cap must be positive")
 
 
 @dataclass

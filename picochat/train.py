@@ -21,10 +21,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from picochat.checkpoint import checkpoint_dir, load_latest, resolve_resume, save_checkpoint
-from picochat.common import Runtime, atomic_write_text, picochat_home, print0, setup_runtime, teardown_runtime
+from picochat.common import Runtime, UserError, atomic_write_text, picochat_home, print0, setup_runtime, teardown_runtime
 from picochat.config import build, describe, option, require_at_least
-from picochat.data.loader import IGNORE_INDEX
 from picochat.evals.bpb import evaluate_bpb
+from picochat.loss import valid_targets
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers, set_lr
 from picochat.perf import peak_flops, peak_rss_bytes
@@ -71,9 +71,9 @@ class TrainConfig:
         require_at_least(self, 0, ("total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio",
                                    "eval_every", "save_every", "head_dim"))
         if self.num_iterations == 0 and self.time_budget == 0 and self.target_param_data_ratio == 0:
-            raise ValueError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
+            raise UserError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
         if self.num_iterations and self.time_budget:
-            raise ValueError("give --num-iterations or --time-budget, not both")
+            raise UserError("give --num-iterations or --time-budget, not both")
 
     @property
     def home_path(self) -> Path:
@@ -89,7 +89,7 @@ class TrainState:
     val_bpb: float = float("nan")
 
 
-class NonFiniteLoss(ValueError):
+class NonFiniteLoss(UserError):
     pass
 
 
@@ -99,7 +99,7 @@ class NonFiniteLoss(ValueError):
 def run(args) -> TrainState:
     stage_name = (vars(args) if not isinstance(args, dict) else args).get("stage", "base")
     if stage_name not in STAGES:
-        raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage_name!r}")
+        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage_name!r}")
     stage = STAGES[stage_name]()
     config = build(TrainConfig, args, preset=stage.preset)
     optim_config = build(OptimConfig, args, preset=stage.preset)
@@ -226,7 +226,7 @@ def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtim
 
     Counting first means an all-masked micro-batch adds exactly 0 to loss and gradients, never NaN.
     Returns the step's mean loss over all ranks."""
-    count = sum((targets != IGNORE_INDEX).sum() for _, targets in batches)
+    count = sum(valid_targets(targets).sum() for _, targets in batches)
     loss_sum = torch.zeros((), device=runtime.device)
     if runtime.distributed:
         dist.all_reduce(count)
@@ -288,7 +288,7 @@ def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
     if config.total_batch_size == 0:
         return 1
     if config.total_batch_size % per_micro_step:
-        raise ValueError(f"--total-batch-size {config.total_batch_size} must be a multiple of "
+        raise UserError(f"--total-batch-size {config.total_batch_size} must be a multiple of "
                          f"--device-batch-size x --max-seq-len x processes = {per_micro_step}")
     return config.total_batch_size // per_micro_step
 
@@ -300,7 +300,7 @@ def check_val_split(stage: Stage, tokenizer, config: TrainConfig, runtime: Runti
     if runtime.distributed:  # a rank may get none when the val shard has fewer row groups than ranks
         dist.all_reduce(ranks_with_a_batch)
     if ranks_with_a_batch.item() == 0:
-        raise ValueError(f"the val split is shorter than one batch of {config.device_batch_size} x "
+        raise UserError(f"the val split is shorter than one batch of {config.device_batch_size} x "
                          f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
 
 
@@ -346,7 +346,7 @@ def load_model_weights(model: GPT, checkpoint: dict) -> None:
     if checkpoint["model_config"] != asdict(model.config):
         theirs, ours = checkpoint["model_config"], asdict(model.config)
         diff = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs now {ours.get(k)}" for k in ours if theirs.get(k) != ours[k])
-        raise ValueError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")
+        raise UserError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")
     model.load_state_dict(checkpoint["model"])
 
 
@@ -356,7 +356,7 @@ def restore(checkpoint: dict, model: GPT, optimizers: list, runtime: Runtime) ->
         optimizer.load_state_dict(saved)
     loaders = checkpoint["loaders"]
     if len(loaders) != runtime.world_size:
-        raise ValueError(f"checkpoint was written by {len(loaders)} process(es); resume with the same number "
+        raise UserError(f"checkpoint was written by {len(loaders)} process(es); resume with the same number "
                          f"(now {runtime.world_size})")
     torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
     random.setstate(checkpoint["rng"]["python"])
@@ -465,7 +465,7 @@ class MetricsLog:
             try:
                 import wandb  # optional dependency, imported only when asked for
             except ImportError as e:
-                raise ValueError("--wandb needs the wandb package: pip install 'picochat[wandb]'") from e
+                raise UserError("--wandb needs the wandb package: pip install 'picochat[wandb]'") from e
             self.wandb = wandb.init(project="picochat", name=f"{ctx.stage.name}-d{ctx.config.depth}",
                                     config={**asdict(ctx.config), **asdict(ctx.optim_config)})
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from picochat.common import Runtime, end_torchrun_worker, setup_runtime
-from picochat.data.loader import IGNORE_INDEX
+from picochat.common import IGNORE_INDEX
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.train import TrainConfig, prepare_model, train_step

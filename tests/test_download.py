@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from picochat.common import UserError
 from picochat import cli
 from picochat.data.download import DownloadConfig, download_shards, network_reachable, run
 from picochat.data.shards import MANIFEST, read_manifest, shard_name
@@ -202,7 +203,7 @@ def test_partial_file_from_an_interrupted_run(serve, tmp_path, fraction):
 def test_corrupt_file_fails_with_clear_error(serve, tmp_path):
     hub = serve(1, Behaviour(corrupt=True))
     out = tmp_path / "out"
-    with pytest.raises(ConnectionError, match=r"shard_00000\.parquet.*after 3 attempts.*not a parquet") as info:
+    with pytest.raises(UserError, match=r"shard_00000\.parquet.*after 3 attempts.*not a parquet") as info:
         download_shards([0], out, hub.url, retries=3, timeout=2.0, backoff=0.01)
     assert "\n" not in str(info.value)
     assert not (out / shard_name(0)).exists() and not list(out.glob("*.part"))

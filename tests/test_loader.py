@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import make_documents
+from picochat.common import UserError
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import Document, iter_texts, open_shard, shard_name, write_shard
 
@@ -264,7 +265,7 @@ def test_missing_shard_names_the_file(tiny_tokenizer, shards, tmp_path):
     missing = tmp_path / "shard_00099.parquet"
     for shard_list in ([missing], [shards[1], missing]):
         loader = TokenLoader(tiny_tokenizer, shard_list, batch_size=2, seq_len=16)
-        with pytest.raises(FileNotFoundError, match=str(missing)):
+        with pytest.raises(UserError, match=str(missing)):
             drain(loader)
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picochat.data.loader import IGNORE_INDEX
-from picochat.model import GPT, GPTConfig, KVCache, linear_cross_entropy
+from picochat.common import IGNORE_INDEX
+from picochat.model import GPT, GPTConfig, KVCache
+from picochat.loss import linear_cross_entropy
 
 
 def tiny_config(**overrides) -> GPTConfig:

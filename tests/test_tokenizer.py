@@ -8,6 +8,7 @@ import re
 import pytest
 import tiktoken
 
+from picochat.common import UserError
 from picochat import cli
 from picochat import tokenizer as tokenizer_module
 from picochat.data.shards import corpus_dir, iter_texts, list_shards, read_manifest
@@ -119,9 +120,9 @@ def test_save_load_round_trip(tiny_tokenizer, tmp_path):
 
 
 def test_load_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="picochat tokenizer train"):
+    with pytest.raises(UserError, match="picochat tokenizer train"):
         Tokenizer.load(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="picochat tokenizer train"):
+    with pytest.raises(UserError, match="picochat tokenizer train"):
         load_tokenizer(tmp_path)
 
 

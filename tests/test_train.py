@@ -17,8 +17,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from picochat.checkpoint import list_checkpoints, load_latest
-from picochat.common import Runtime
-from picochat.data.loader import IGNORE_INDEX
+from picochat.common import Runtime, UserError
+from picochat.common import IGNORE_INDEX
 from picochat.model import GPT, GPTConfig
 from picochat import config as cfg
 from picochat.optim import OptimConfig
@@ -187,7 +187,7 @@ def test_bad_flags_are_one_line_errors(home):
         run(flags_dict(*TINY, "--num-iterations", "1", "--time-budget", "1", "--home", str(home)))
     with pytest.raises(ValueError, match="--total-batch-size"):
         run(flags_dict(*TINY, "--total-batch-size", "100", "--num-iterations", "1", "--home", str(home)))
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
         run(flags_dict(*TINY, "--resume", "--num-iterations", "1", "--home", str(home)))
     with pytest.raises(ValueError, match="val split is shorter than one batch of 2 x 100000 tokens"):
         run(flags_dict(*TINY, "--max-seq-len", "100000", "--num-iterations", "1", "--home", str(home)))

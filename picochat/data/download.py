@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from picochat.common import atomic_write_text, durable_replace, picochat_home
+from picochat.common import UserError, atomic_write_text, durable_replace, picochat_home
 from picochat.config import build, option
 from picochat.data.shards import MANIFEST, corpus_dir, open_shard, read_manifest, shard_name
 
@@ -51,16 +51,16 @@ class DownloadConfig:
 
     def __post_init__(self):
         if self.num_shards != -1 and not 2 <= self.num_shards <= FINEWEB_SHARDS:
-            raise ValueError(f"--num-shards must be -1 (all) or 2..{FINEWEB_SHARDS} (one train shard plus "
+            raise UserError(f"--num-shards must be -1 (all) or 2..{FINEWEB_SHARDS} (one train shard plus "
                              f"the last as val), got {self.num_shards}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.retries < 1:
-            raise ValueError(f"--retries must be >= 1 (attempts per shard), got {self.retries}")
+            raise UserError(f"--retries must be >= 1 (attempts per shard), got {self.retries}")
         if self.timeout <= 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+            raise UserError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
+            raise UserError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
 
 
 def run(args: argparse.Namespace | dict) -> list[Path]:
@@ -127,7 +127,7 @@ def _recorded_shards(directory: Path) -> dict[str, dict]:
     """Manifest entries by file name; refuses to mix FineWeb shards into another corpus's folder."""
     manifest = read_manifest(directory)
     if manifest and manifest.get("source") != SOURCE:
-        raise ValueError(f"{directory} already holds a {manifest.get('source', 'different')!r} corpus; "
+        raise UserError(f"{directory} already holds a {manifest.get('source', 'different')!r} corpus; "
                          "pass another --output or delete that folder first")
     return {entry["file"]: entry for entry in manifest.get("shards", [])}
 
@@ -151,7 +151,7 @@ def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str
             return final, True
         except RETRYABLE as error:
             last_error = error
-    raise ConnectionError(f"could not download {name} from {url} after {retries} attempts: "
+    raise UserError(f"could not download {name} from {url} after {retries} attempts: "
                           f"{type(last_error).__name__}: {last_error}")
 
 

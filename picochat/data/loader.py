@@ -16,9 +16,10 @@ from typing import Iterator
 
 import torch
 
+from picochat.common import UserError
+
 from picochat.data.shards import open_shard
 
-IGNORE_INDEX = -1  # targets equal to this are masked out of the loss (used by SFT; base masks nothing)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class TokenLoader:
         parquets = [open_shard(path) for path in self.shards]  # opened once, read row group by row group
         owned = self._owned_row_groups(parquets)
         if not owned and self.loop:  # a finite (val) loader may come up empty on some ranks; training may not
-            raise ValueError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
+            raise UserError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
                              "fewer row groups than there are ranks; use more data or fewer processes")
         epoch, resume_at = start.epoch, (start.shard, start.row_group)
         while True:

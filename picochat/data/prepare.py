@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from picochat.common import picochat_home
+from picochat.common import UserError, picochat_home
 from picochat.config import build, option
 from picochat.data.download import FINEWEB_URL, download_shards, network_reachable
 from picochat.data.offline import build_offline_corpus
@@ -31,11 +31,11 @@ class PrepareConfig:
 
     def __post_init__(self):
         if self.num_shards < 2:
-            raise ValueError(f"--num-shards must be >= 2 (train + val), got {self.num_shards}")
+            raise UserError(f"--num-shards must be >= 2 (train + val), got {self.num_shards}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.max_bytes < 0:
-            raise ValueError(f"--max-bytes must be >= 0, got {self.max_bytes}")
+            raise UserError(f"--max-bytes must be >= 0, got {self.max_bytes}")
 
 
 # manifest "source" -> --source value

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from picochat.common import atomic_path, atomic_write_text
+from picochat.common import UserError, atomic_path, atomic_write_text
 
 MANIFEST = "manifest.json"
 
@@ -40,7 +40,7 @@ def list_shards(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     shards = sorted(directory.glob("shard_*.parquet"))
     if len(shards) < 2:
-        raise FileNotFoundError(
+        raise UserError(
             f"need at least 2 shards (train + val) in {directory}, found {len(shards)}; "
             "run `picochat data prepare` first")
     return shards
@@ -56,13 +56,13 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
     """Open a shard and check it has a text column; corrupt or missing files raise one clear line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"shard {path} is missing; `picochat data prepare` repairs the corpus")
+        raise UserError(f"shard {path} is missing; `picochat data prepare` repairs the corpus")
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"shard {path} is corrupt ({e}); `picochat data prepare` repairs the corpus") from e
+        raise UserError(f"shard {path} is corrupt ({e}); `picochat data prepare` repairs the corpus") from e
     if "text" not in parquet.schema_arrow.names:
-        raise ValueError(f"shard {path} has no 'text' column; it is not a picochat/FineWeb shard")
+        raise UserError(f"shard {path} has no 'text' column; it is not a picochat/FineWeb shard")
     return parquet
 
 
@@ -72,7 +72,7 @@ def damaged_shards(directory: str | Path, manifest: dict) -> list[str]:
     for entry in manifest.get("shards", []):
         try:
             open_shard(Path(directory) / entry["file"])
-        except (FileNotFoundError, ValueError):
+        except UserError:
             damaged.append(entry["file"])
     return damaged
 
@@ -96,7 +96,7 @@ def write_corpus(documents: list[Document], directory: str | Path, *, shard_byte
     Shuffling first makes every shard (and the val split) a mix of all sources.
     """
     if len(documents) < 2:
-        raise ValueError(f"need at least 2 documents to make a train and a val shard, got {len(documents)}")
+        raise UserError(f"need at least 2 documents to make a train and a val shard, got {len(documents)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("shard_*.parquet"):

@@ -12,7 +12,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from picochat.data.loader import IGNORE_INDEX
+from picochat.common import UserError
+from picochat.loss import valid_targets
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, max_tokens
     for inputs, targets in batches:
         with runtime.autocast():
             losses = model(inputs, targets, reduction="none")  # (B, T) nats per token
-        bytes_per_target = token_bytes[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
+        bytes_per_target = token_bytes[targets.clamp(min=0)] * valid_targets(targets)
         nats += (losses.double() * (bytes_per_target > 0)).sum()
         n_bytes += bytes_per_target.sum()
         seen += targets.numel()
@@ -38,6 +39,6 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, max_tokens
         dist.all_reduce(nats)
         dist.all_reduce(n_bytes)
     if n_bytes.item() == 0:
-        raise ValueError("no validation bytes to score: the val split is shorter than one batch "
+        raise UserError("no validation bytes to score: the val split is shorter than one batch "
                          "(lower --device-batch-size or --max-seq-len)")
     return (nats / (math.log(2) * n_bytes)).item()

@@ -1,0 +1,93 @@
+"""The loss: fused lm_head + soft-cap + cross-entropy, chunked over tokens, for every stage.
+
+For the final hidden state x of one token (width C), the lm_head weight W (V x C) and the target id y:
+
+    z = x W^T                    raw logits, V of them
+    l = s * tanh(z / s)          soft-capped logits, |l| < s (s = softcap, 15)
+    loss = log(sum_j exp(l_j)) - l_y
+
+and its gradient with respect to the raw logits, with p = softmax(l):
+
+    d loss / d z_j = (p_j - [j == y]) * (1 - tanh(z_j / s)^2)
+
+The loss of a batch is the sum over tokens whose target is >= 0; a negative target (IGNORE_INDEX = -1,
+or PyTorch's -100) adds nothing. Because the loss is a plain sum, the gradient of each chunk of rows is
+known as soon as its forward is done: we compute it right away, so memory holds one (chunk x V) block of
+logits instead of all (tokens x V), which on a small model is most of the memory and most of the time.
+
+    loss = linear_cross_entropy(hidden, model.lm_head.weight, targets, softcap=15.0)
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def valid_targets(targets: torch.Tensor) -> torch.Tensor:
+    """True where a target counts. Any negative id is masked (IGNORE_INDEX = -1, or PyTorch's -100)."""
+    return targets >= 0
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of token losses; forward also computes the gradients chunk by chunk, backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, softcap, chunk_rows):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            losses, grad = _chunk_losses_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
+            total += losses.sum()
+            if needs_grad:
+                grad_x[rows] = grad @ weight  # autocast picks the matmul dtype
+                grad_w += grad.t() @ x[rows]
+        ctx.save_for_backward(grad_x, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_output, grad_w * grad_output, None, None, None
+
+
+def _chunk_losses_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
+    """Per-row losses (0 where masked) and d(their sum)/d(raw logits) for a few rows, in as few passes over
+    (rows x vocab) as we can: on a CPU these elementwise passes, not the matmul, are the cost."""
+    raw = x @ weight.t()                                   # (rows, V) z, bf16 under autocast
+    t = raw.float().mul_(1 / softcap).tanh_()              # tanh(z / s); capped logits l = s * t
+    e = torch.exp(t * softcap)  # |l| <= s, so exp cannot overflow: no max-subtraction pass
+    partition = e.sum(dim=-1)
+    valid = valid_targets(targets)
+    safe_targets = targets.clamp(min=0)[:, None]           # masked rows gather a dummy, multiplied by 0
+    picked = t.gather(1, safe_targets).squeeze(1) * softcap
+    losses = (partition.log() - picked) * valid
+    if not needs_grad:
+        return losses, None
+    e.div_(partition[:, None])                             # p = softmax(l)
+    e.scatter_add_(1, safe_targets, torch.full_like(t[:, :1], -1.0))  # p - onehot(y)
+    e.masked_fill_(~valid[:, None], 0.0)
+    e.mul_(t.square_().neg_().add_(1))                     # back through the tanh: 1 - t^2
+    return losses, e.to(raw.dtype)                         # cast once for both gradient matmuls
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                         reduction: str = "sum", chunk_rows: int = 1024) -> torch.Tensor:
+    """x: (B, T, C), weight: (V, C), targets: (B, T), negative where masked. reduction "sum": the summed
+    loss (differentiable); "none": (B, T) per-token losses without gradients (evaluation).
+
+    chunk_rows trades memory (3 buffers of chunk_rows x vocab fp32) for speed: each chunk adds its
+    (vocab x C) weight gradient into an fp32 buffer, so chunks of ~100 rows at a 32K vocab are memory-bound
+    (measured on a 2-core CPU: 1024 rows ran 14% faster than 128 at vocab 32,768, equal at 8,192)."""
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+    B, T, C = x.shape
+    flat_x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
+    if reduction == "none":  # still chunked, to bound memory
+        losses = [_chunk_losses_and_grad(flat_x[start:start + chunk_rows], weight,
+                                         flat_targets[start:start + chunk_rows], softcap, needs_grad=False)[0]
+                  for start in range(0, B * T, chunk_rows)]
+        return torch.cat(losses).view(B, T)
+    return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, softcap, chunk_rows)
