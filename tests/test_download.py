@@ -1,4 +1,8 @@
-"""download.py against a real HTTP server on 127.0.0.1 that can fail, stall, truncate and ignore Range."""
+"""download.py against a real HTTP server on 127.0.0.1 that can fail, stall, truncate, ignore Range,
+redirect like Hugging Face, and publish right, wrong or meaningless checksums.
+
+Run alone with `python -m pytest tests/test_download.py`.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ import pytest
 from picochat.common import UserError
 from picochat import cli
 from picochat.data.download import DownloadConfig, download_shards, network_reachable, run
-from picochat.data.shards import MANIFEST, read_manifest, shard_name
+from picochat.data.shards import MANIFEST, open_shard, read_manifest, shard_name
 
 FAST = dict(retries=4, timeout=2.0, backoff=0.01)
 PREFIX = "/datasets/x/resolve/main/"
+CDN = "/cdn/"   # where a redirecting server sends the client for the bytes
+OTHER_SHA256 = hashlib.sha256(b"other bytes").hexdigest()
 
 
 @dataclass
@@ -32,6 +38,13 @@ class Behaviour:
     truncate_first: int = 0         # send the right Content-Length but only half the body
     ignore_range: bool = False      # always answer 200 with the whole file
     corrupt: bool = False           # serve bytes that are not parquet
+    # Checksums and sizes published the way Hugging Face does; "{sha256}" stands for the file's sha256.
+    linked_etag: str = ""           # X-Linked-Etag header to send, e.g. '"{sha256}"'
+    etag: str = ""                  # ETag header to send, e.g. 'W/"{sha256}"' or an md5
+    wrong_sha256_first: int = 0     # publish OTHER_SHA256 instead of the file's for the first N GETs
+    linked_size: bool = False       # send X-Linked-Size: the whole file's size
+    no_length: bool = False         # send no Content-Length: the body ends when the connection closes
+    redirect: bool = False          # 302 to CDN + name with the headers above; the CDN sends its own ETag
 
 
 @dataclass
@@ -45,9 +58,24 @@ class FakeHub:
     def log_get(self, name: str, range_header: str | None) -> int:
         """Record a GET; returns how many GETs of this file came before it."""
         with self.lock:
-            earlier = sum(1 for seen, _ in self.gets if seen == name)
+            earlier = self.served(name)
             self.gets.append((name, range_header))
             return earlier
+
+    def served(self, name: str) -> int:
+        """GETs of this file so far (a redirect counts with the GET it leads to, not on its own)."""
+        return sum(1 for seen, _ in self.gets if seen == name)
+
+    def published(self, name: str, earlier: int) -> list[tuple[str, str]]:
+        """The checksum and size headers that `behaviour` asks for, for the GET after `earlier` ones."""
+        behaviour, data = self.behaviour, self.files[name]
+        sha256 = OTHER_SHA256 if earlier < behaviour.wrong_sha256_first else hashlib.sha256(data).hexdigest()
+        headers = [(header, value.format(sha256=sha256))
+                   for header, value in [("X-Linked-Etag", behaviour.linked_etag), ("ETag", behaviour.etag)]
+                   if value]
+        if behaviour.linked_size:
+            headers.append(("X-Linked-Size", str(len(data))))
+        return headers
 
     def ranges(self) -> list[str]:
         return [header for _, header in self.gets if header]
@@ -66,17 +94,33 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
-        name = self.path.removeprefix(PREFIX)
+        name = self.path.removeprefix(PREFIX).removeprefix(CDN)
         if name not in self.hub.files:
             self.send_error(404)
             return
         behaviour = self.hub.behaviour
+        if behaviour.redirect and self.path.startswith(PREFIX):
+            self._redirect(name)
+            return
         earlier = self.hub.log_get(name, self.headers.get("Range"))
         if earlier < behaviour.fail_first:
             self._fail(behaviour.fail_mode)
             return
         data = b"this is not parquet\n" * 50 if behaviour.corrupt else self.hub.files[name]
-        self._send(data, truncate=earlier < behaviour.fail_first + behaviour.truncate_first)
+        if behaviour.redirect:  # a storage backend's own 64-hex content hash: not the file's sha256
+            headers = [("ETag", f'"{hashlib.sha256(b"chunk index").hexdigest()}"')]
+        else:
+            headers = self.hub.published(name, earlier)
+        self._send(data, truncate=earlier < behaviour.fail_first + behaviour.truncate_first, headers=headers)
+
+    def _redirect(self, name: str) -> None:
+        """Like Hugging Face's `resolve`: a 302 to the CDN carrying the file's sha256 and size."""
+        self.send_response(302)
+        self.send_header("Location", CDN + name)
+        for header, value in self.hub.published(name, self.hub.served(name)):
+            self.send_header(header, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _fail(self, mode: str) -> None:
         if mode == "drop":
@@ -86,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.send_error(500)
 
-    def _send(self, data: bytes, truncate: bool) -> None:
+    def _send(self, data: bytes, truncate: bool, headers: list[tuple[str, str]]) -> None:
         start = 0
         range_header = self.headers.get("Range")
         if range_header and not self.hub.behaviour.ignore_range:
@@ -102,7 +146,10 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        for header, value in headers:
+            self.send_header(header, value)
+        if not self.hub.behaviour.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         # HTTP/1.0: the connection closes when the handler returns, so a short write is a truncation
         self.wfile.write(body[: len(body) // 2] if truncate else body)
@@ -141,6 +188,20 @@ def assert_downloaded(hub: FakeHub, directory: Path, paths: list[Path]) -> None:
     for path in paths:
         assert path.read_bytes() == hub.files[path.name]
     assert not list(directory.glob("*.part")) and not list(directory.glob(".*.tmp"))
+
+
+def sha256_of(hub: FakeHub, name: str) -> str:
+    return hashlib.sha256(hub.files[name]).hexdigest()
+
+
+def flip_a_data_byte(path: Path) -> None:
+    """Change one byte in the middle of the first column chunk's pages: same size, same footer."""
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    offset = start + column.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def test_parallel_download_matches_source_and_manifest(serve, tmp_path):
@@ -227,14 +288,112 @@ def test_rerun_skips_valid_shards_and_replaces_broken_ones(serve, tmp_path):
     assert recorded[shard_name(1)] == hashlib.sha256(hub.files[shard_name(1)]).hexdigest()
 
 
-def test_prepare_repairs_a_damaged_fineweb_corpus_shard_by_shard(serve, tmp_path, capsys):
+def test_rerun_refetches_a_shard_with_a_changed_byte(serve, tmp_path):
+    hub = serve(3)
+    out = tmp_path / "out"
+    download_shards(range(3), out, hub.url, workers=2, **FAST)
+    requests = len(hub.gets)
+    damaged = out / shard_name(1)
+    flip_a_data_byte(damaged)
+    # the damage that only the sha256 sees: same size, and the footer still opens as a shard
+    assert damaged.stat().st_size == len(hub.files[damaged.name]) and damaged.read_bytes() != hub.files[damaged.name]
+    open_shard(damaged)
+    paths = download_shards(range(3), out, hub.url, workers=2, **FAST)
+    assert hub.gets[requests:] == [(shard_name(1), None)]  # the other two were hashed and kept
+    assert_downloaded(hub, out, paths)
+
+
+def test_rerun_with_a_manifest_without_sha256_checks_parquet_and_adds_it(serve, tmp_path):
+    hub = serve(2)
+    out = tmp_path / "out"
+    download_shards(range(2), out, hub.url, **FAST)
+    manifest = read_manifest(out)
+    for entry in manifest["shards"]:
+        del entry["sha256"]  # as an older picochat might have written it
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / shard_name(1)).write_bytes(b"garbage")
+    requests = len(hub.gets)
+    paths = download_shards(range(2), out, hub.url, **FAST)
+    assert hub.gets[requests:] == [(shard_name(1), None)]  # shard 0 opened as parquet and was kept
+    assert_downloaded(hub, out, paths)
+    assert {entry["file"]: entry["sha256"] for entry in read_manifest(out)["shards"]} == {
+        name: sha256_of(hub, name) for name in hub.files}
+
+
+@pytest.mark.parametrize("behaviour", [
+    Behaviour(linked_etag='"{sha256}"'),
+    Behaviour(etag='W/"{sha256}"'),                       # only the ETag carries it, marked weak
+    Behaviour(linked_etag='"{sha256}"', etag=f'"{OTHER_SHA256}"'),  # X-Linked-Etag wins over ETag
+    Behaviour(linked_etag='"{sha256}"', linked_size=True, redirect=True),  # on Hugging Face's 302
+], ids=["x-linked-etag", "weak-etag", "x-linked-etag-first", "redirect"])
+def test_published_sha256_is_checked_and_recorded(serve, tmp_path, behaviour):
+    hub = serve(2, behaviour)
+    out = tmp_path / "out"
+    paths = download_shards(range(2), out, hub.url, workers=2, **FAST)
+    assert_downloaded(hub, out, paths)
+    assert len(hub.gets) == 2
+    for entry in read_manifest(out)["shards"]:
+        assert entry["sha256"] == entry["server_sha256"] == sha256_of(hub, entry["file"])
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+def test_wrong_published_sha256_is_retried_from_scratch(serve, tmp_path, redirect):
+    hub = serve(2, Behaviour(linked_etag='"{sha256}"', wrong_sha256_first=2, redirect=redirect))
+    out = tmp_path / "out"
+    paths = download_shards(range(2), out, hub.url, workers=2, retries=3, timeout=2.0, backoff=0.01)
+    assert_downloaded(hub, out, paths)
+    assert len(hub.gets) == 6 and not hub.ranges()  # two mismatches then a match, per file; no resuming
+
+
+def test_always_wrong_sha256_fails_naming_both_hashes(serve, tmp_path):
+    hub = serve(1, Behaviour(linked_etag='"{sha256}"', wrong_sha256_first=99))
+    out = tmp_path / "out"
+    right = sha256_of(hub, shard_name(0))
+    with pytest.raises(UserError, match=rf"shard_00000\.parquet.*after 3 attempts.*sha256 mismatch.*"
+                                        rf"{OTHER_SHA256}.*{right}"):
+        download_shards([0], out, hub.url, retries=3, timeout=2.0, backoff=0.01)
+    assert len(hub.gets) == 3
+    assert not (out / shard_name(0)).exists() and not list(out.glob("*.part"))
+
+
+@pytest.mark.parametrize("behaviour", [
+    Behaviour(etag='"d41d8cd98f00b204e9800998ecf8427e"'),  # an md5, as S3 sends
+    Behaviour(linked_etag='W/"v1-a3f"'),                   # an opaque version label
+    Behaviour(linked_etag=f'"{OTHER_SHA256}0"'),           # 65 hex digits: a sha256 has exactly 64
+    Behaviour(linked_etag=f'"{OTHER_SHA256[:-1]}g"'),      # 64 characters, not all hex
+    Behaviour(redirect=True),                              # the CDN's own 64-hex ETag, after a bare 302
+], ids=["md5", "label", "65-hex", "not-hex", "cdn-etag"])
+def test_etag_that_is_not_a_sha256_is_ignored(serve, tmp_path, behaviour):
+    hub = serve(1, behaviour)
+    out = tmp_path / "out"
+    paths = download_shards([0], out, hub.url, retries=1, timeout=2.0, backoff=0.01)  # a mismatch would fail
+    assert_downloaded(hub, out, paths)
+    assert "server_sha256" not in read_manifest(out)["shards"][0]
+
+
+@pytest.mark.parametrize("linked_size", [True, False])
+def test_linked_size_detects_a_short_body_without_content_length(serve, tmp_path, linked_size):
+    hub = serve(1, Behaviour(truncate_first=1, no_length=True, linked_size=linked_size))
+    out = tmp_path / "out"
+    paths = download_shards([0], out, hub.url, **FAST)
+    assert_downloaded(hub, out, paths)
+    half = len(hub.files[shard_name(0)]) // 2
+    if linked_size:  # counted short against X-Linked-Size: resumed where the body stopped
+        assert hub.gets == [(shard_name(0), None), (shard_name(0), f"bytes={half}-")]
+    else:  # no size at all: only the parquet check catches the half file, and it starts over
+        assert hub.gets == [(shard_name(0), None), (shard_name(0), None)]
+
+
+@pytest.mark.parametrize("damage", [lambda path: path.write_bytes(b"garbage"), flip_a_data_byte],
+                         ids=["garbage", "flipped-byte"])
+def test_prepare_repairs_a_damaged_fineweb_corpus_shard_by_shard(serve, tmp_path, capsys, damage):
     hub = serve(3)
     flags = ["data", "prepare", "--source", "fineweb", "--num-shards", "3", "--base-url", hub.url,
              "--home", str(tmp_path)]
     cli.main(flags)
     directory = tmp_path / "data" / "base"
     requests = len(hub.gets)
-    (directory / shard_name(2)).write_bytes(b"garbage")
+    damage(directory / shard_name(2))
     cli.main(flags[:4] + flags[6:])  # default --num-shards (8): the repair keeps the corpus's own 3
     assert "repairing the fineweb corpus" in capsys.readouterr().out
     assert hub.gets[requests:] == [(shard_name(2), None)]

@@ -4,13 +4,19 @@ The first step of the pipeline when there is network. Shards land in $PICOCHAT_H
 format of shards.py, fetched in parallel, resumed after a dropped connection, retried with backoff, and
 recorded with their sha256 in manifest.json.
 
+What is checked when:
+- after each transfer: the byte count (Content-Length, Content-Range or Hugging Face's X-Linked-Size),
+  the sha256 if the server published one (Hugging Face's X-Linked-Etag or ETag), and that it is parquet;
+- on a re-run: each shard on disk is hashed again and kept only if it matches manifest.json, so a
+  changed byte anywhere gets the shard fetched again. A shard the manifest has no sha256 for is only
+  opened as parquet, then hashed into the manifest.
+
     picochat data download --num-shards 8 --workers 4
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import re
@@ -26,7 +32,7 @@ from tqdm import tqdm
 
 from picochat.common import UserError, atomic_write_text, durable_replace, picochat_home
 from picochat.config import build, option
-from picochat.data.shards import MANIFEST, corpus_dir, open_shard, read_manifest, shard_name
+from picochat.data.shards import MANIFEST, corpus_dir, file_sha256, open_shard, read_manifest, shard_name
 
 FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 FINEWEB_SHARDS = 1823   # shard_00000 .. shard_01822, ~100 MB each (~170 GB in all)
@@ -37,6 +43,9 @@ CHUNK_BYTES = 1 << 20   # 1 MiB reads: few syscalls, little memory per worker
 # What one failed attempt can raise: socket/HTTP errors (OSError, incl. URLError and timeouts),
 # a malformed HTTP response (HTTPException is not an OSError), or a file that is not a shard (ValueError).
 RETRYABLE = (OSError, http.client.HTTPException, ValueError)
+
+# An etag that is a sha256: 64 hex digits, usually quoted, maybe marked weak (W/"...").
+SHA256_ETAG = re.compile(r'(?:W/)?"?([0-9a-fA-F]{64})"?')
 
 
 @dataclass
@@ -104,23 +113,19 @@ def download_shards(indices, directory: str | Path, base_url: str = FINEWEB_URL,
     directory.mkdir(parents=True, exist_ok=True)
     recorded = _recorded_shards(directory)
     indices = list(indices)
-    paths: dict[int, Path] = {}
-    fresh: set[Path] = set()
+    entries: dict[int, dict] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_download_one, index, directory, base_url, recorded, retries, timeout,
                                backoff): index for index in indices}
         try:
             for future in tqdm(as_completed(futures), total=len(futures), unit="shard", desc=SOURCE):
-                path, downloaded = future.result()
-                paths[futures[future]] = path
-                if downloaded:
-                    fresh.add(path)
+                entries[futures[future]] = future.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # don't start queued shards; running ones finish
             raise
-    ordered = [paths[index] for index in indices]
-    _write_manifest(directory, base_url, ordered, fresh, recorded)
-    return ordered
+    ordered = [entries[index] for index in indices]
+    _write_manifest(directory, base_url, ordered, recorded)
+    return [directory / entry["file"] for entry in ordered]
 
 
 def _recorded_shards(directory: Path) -> dict[str, dict]:
@@ -133,22 +138,31 @@ def _recorded_shards(directory: Path) -> dict[str, dict]:
 
 
 def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str, dict], retries: int,
-                  timeout: float, backoff: float) -> tuple[Path, bool]:
-    """(path, whether it was downloaded now) for one shard, retrying with exponential backoff."""
+                  timeout: float, backoff: float) -> dict:
+    """The manifest entry of one shard: the recorded one if the file on disk still matches it, else a new
+    one after downloading it, retrying with exponential backoff.
+
+    Runs in a worker thread, so the shards are hashed in parallel.
+    """
     name = shard_name(index)
     final, part = directory / name, directory / f"{name}.part"
-    if _is_complete(final, recorded.get(name)):
+    entry = recorded.get(name)
+    if _is_complete(final, entry):
         part.unlink(missing_ok=True)
-        return final, False
+        return entry or {"file": name, "bytes": final.stat().st_size}  # no sha256 yet: _write_manifest adds it
     url = shard_url(base_url, name)
     last_error: BaseException | None = None
     for attempt in range(retries):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))  # 1, 2, 4, 8 s: let a busy server recover
         try:
-            _fetch(url, part, timeout)
+            published = _fetch(url, part, timeout)
+            sha256 = _check_sha256(part, published)
             _move_into_place(part, final)
-            return final, True
+            entry = {"file": name, "bytes": final.stat().st_size, "sha256": sha256}
+            if published:
+                entry["server_sha256"] = published  # the same hash, recorded as vouched for by the server
+            return entry
         except RETRYABLE as error:
             last_error = error
     raise UserError(f"could not download {name} from {url} after {retries} attempts: "
@@ -156,11 +170,18 @@ def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str
 
 
 def _is_complete(path: Path, entry: dict | None) -> bool:
-    """A shard on disk counts as done if it opens as parquet and has the size the manifest recorded."""
+    """A shard on disk counts as done if it has the size and sha256 the manifest recorded.
+
+    A shard the manifest has no sha256 for (none recorded yet) must at least open as parquet.
+    """
     if not path.exists():
         return False
     if entry is not None and path.stat().st_size != entry["bytes"]:
-        return False
+        return False  # free to check, and catches a truncated file without reading it
+    if entry is not None and "sha256" in entry:
+        # Reads the whole file, so a changed byte anywhere shows. No parquet check needed: the hash was
+        # recorded after the shard passed one.
+        return file_sha256(path) == entry["sha256"]
     try:
         open_shard(path)  # reads only the footer, so checking 1,823 shards stays cheap
     except ValueError:
@@ -168,19 +189,40 @@ def _is_complete(path: Path, entry: dict | None) -> bool:
     return True
 
 
-def _fetch(url: str, part: Path, timeout: float) -> None:
-    """One HTTP attempt: fill `part`, resuming from its current size with a Range request."""
+class _RedirectLog(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, keeping each redirect's headers.
+
+    Hugging Face answers a `resolve` URL with a redirect to its CDN and publishes the file's sha256 and
+    size (X-Linked-Etag, X-Linked-Size) on that redirect, not on the CDN's answer.
+    """
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, part: Path, timeout: float) -> str | None:
+    """One HTTP attempt: fill `part`, resuming from its current size with a Range request.
+
+    Returns the sha256 the server published for the whole file, or None if it published none.
+    """
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
     if have:
         headers["Range"] = f"bytes={have}-"
+    redirects = _RedirectLog()
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = urllib.request.build_opener(redirects).open(urllib.request.Request(url, headers=headers),
+                                                               timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416:  # the partial file is already as long as the shard: start over cleanly
             part.unlink(missing_ok=True)
         raise
     with response:
+        chain = [*redirects.headers, response.headers]  # every answer on the way, the bytes' last
         if response.status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start != have:
@@ -192,7 +234,29 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             total, mode = (int(length) if length else None), "wb"
         with open(part, mode) as file:
             shutil.copyfileobj(response, file, CHUNK_BYTES)
-    _check_size(part, total)
+    _check_size(part, total if total is not None else _linked_size(chain))
+    return _published_sha256(chain)
+
+
+def _linked_size(chain: list) -> int | None:
+    """The file's size as Hugging Face publishes it (X-Linked-Size), for a reply that gave no length."""
+    sizes = [headers["X-Linked-Size"] for headers in chain if headers.get("X-Linked-Size")]
+    return int(sizes[0]) if sizes else None
+
+
+def _published_sha256(chain: list) -> str | None:
+    """The file's sha256 as the server published it in an etag, or None.
+
+    Hugging Face puts it in X-Linked-Etag (on its redirect to the CDN), or only in the ETag of the URL we
+    asked for. Any other etag (an md5, a version label, the CDN's own hash) is not the file's sha256 and
+    is ignored.
+    """
+    etags = [headers.get("X-Linked-Etag") for headers in chain] + [chain[0].get("ETag")]
+    for etag in etags:
+        match = SHA256_ETAG.fullmatch((etag or "").strip())
+        if match:
+            return match.group(1).lower()
+    return None
 
 
 def _parse_content_range(header: str | None) -> tuple[int, int | None]:
@@ -213,6 +277,15 @@ def _check_size(part: Path, total: int | None) -> None:
     raise ConnectionError(f"transfer ended early: got {size} of {total} bytes")
 
 
+def _check_sha256(part: Path, published: str | None) -> str:
+    """The sha256 of the downloaded `part`, which must match the one the server published, if any."""
+    sha256 = file_sha256(part)
+    if published is not None and sha256 != published:
+        part.unlink()  # complete but wrong bytes: resuming would keep them, so refetch from scratch
+        raise ValueError(f"sha256 mismatch: the server published {published}, the download has {sha256}")
+    return sha256
+
+
 def _move_into_place(part: Path, final: Path) -> None:
     """Check the bytes form a shard, then fsync and rename, so `final` is never half a file."""
     try:
@@ -223,21 +296,16 @@ def _move_into_place(part: Path, final: Path) -> None:
     durable_replace(part, final)
 
 
-def _write_manifest(directory: Path, base_url: str, paths: list[Path], fresh: set[Path],
-                    recorded: dict[str, dict]) -> None:
-    """Record file, bytes and sha256 of every shard present, hashing only what changed since last time."""
-    entries = {name: entry for name, entry in recorded.items() if (directory / name).exists()}
-    for path in paths:
-        old = entries.get(path.name)
-        if path in fresh or old is None or old["bytes"] != path.stat().st_size:
-            entries[path.name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-    manifest = {"source": SOURCE, "base_url": base_url, "shards": [entries[name] for name in sorted(entries)]}
+def _write_manifest(directory: Path, base_url: str, entries: list[dict], recorded: dict[str, dict]) -> None:
+    """Record `entries` and the recorded shards still present outside them (from a larger earlier run).
+
+    The workers hashed every shard they checked or downloaded; only one kept without a recorded sha256
+    is hashed here.
+    """
+    shards = {name: entry for name, entry in recorded.items() if (directory / name).exists()}
+    for entry in entries:
+        if "sha256" not in entry:
+            entry = {**entry, "sha256": file_sha256(directory / entry["file"])}
+        shards[entry["file"]] = entry
+    manifest = {"source": SOURCE, "base_url": base_url, "shards": [shards[name] for name in sorted(shards)]}
     atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -7,6 +7,7 @@ one document per row; the last shard is the validation split. Offline shards als
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -67,14 +68,27 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
 
 
 def damaged_shards(directory: str | Path, manifest: dict) -> list[str]:
-    """The manifest's shards that are missing or do not open as parquet (reads only their footers)."""
+    """The manifest's shards that are missing, do not open as parquet, or (where the manifest records a
+    sha256, as for downloaded shards) whose bytes changed."""
     damaged = []
     for entry in manifest.get("shards", []):
+        path = Path(directory) / entry["file"]
         try:
-            open_shard(Path(directory) / entry["file"])
+            open_shard(path)
         except UserError:
             damaged.append(entry["file"])
+            continue
+        if "sha256" in entry and file_sha256(path) != entry["sha256"]:
+            damaged.append(entry["file"])
     return damaged
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_shard(path: Path, documents: list[Document], row_group_size: int = 256) -> int:
@@ -142,6 +156,13 @@ def _source_summary(documents: list[Document]) -> dict:
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def corpus_fingerprint(directory: str | Path) -> str:
+    """sha256 of what the manifest says the corpus is (source and every shard's name, size and checksum)."""
+    manifest = read_manifest(directory)
+    described = {"source": manifest.get("source"), "shards": manifest.get("shards", [])}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def iter_texts(paths: list[Path], max_bytes: int | None = None):
