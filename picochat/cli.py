@@ -25,19 +25,22 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                           "build the pretraining corpus (FineWeb-Edu download or offline packages)"),
     ("data", "download"): ("picochat.data.download", "DownloadConfig", "run",
                            "download FineWeb-Edu parquet shards from Hugging Face"),
-    ("tokenizer", "train"): ("picochat.tokenizer", "TokenizerTrainConfig", "train_command",
+    ("tokenizer", "train"): ("picochat.tokenizer_commands", "TokenizerTrainConfig", "train_command",
                              "train the BPE tokenizer on the corpus"),
-    ("tokenizer", "eval"): ("picochat.tokenizer", "TokenizerEvalConfig", "eval_command",
+    ("tokenizer", "eval"): ("picochat.tokenizer_commands", "TokenizerEvalConfig", "eval_command",
                             "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
     ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
 }
 
 
-def _usage() -> str:
-    lines = ["usage: picochat <command> [--flags]   (picochat <command> --help for its flags)", ""]
-    for (group, command), (*_, help_text) in COMMANDS.items():
-        lines.append(f"  {' '.join(filter(None, (group, command))):<20} {help_text}")
+def _usage(group: str | None = None) -> str:
+    """All commands, or those of one group (`picochat data --help`)."""
+    name = f"picochat {group}" if group else "picochat"
+    lines = [f"usage: {name} <command> [--flags]   ({name} <command> --help for its flags)", ""]
+    for (command_group, command), (*_, help_text) in COMMANDS.items():
+        if group in (None, command_group):
+            lines.append(f"  {' '.join(filter(None, (command_group, command))):<20} {help_text}")
     return "\n".join(lines)
 
 
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
 def run_command(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return
+    groups = {group for group, command in COMMANDS if command is not None}
+    if argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        print(_usage(argv[0]))
         return
     key, rest = _find_command(argv)
     module_name, class_names, function_name, help_text = COMMANDS[key]

@@ -128,6 +128,11 @@ def autodetect_dtype(device_type: str) -> str:
     return "float32"  # mps: bf16 autocast support varies by macOS version
 
 
+def launch_rank() -> int:
+    """This process's rank under torchrun (0 otherwise), before any process group exists."""
+    return int(os.environ.get("RANK", 0))
+
+
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     """Turn flags plus the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE) into a Runtime."""
     device_type = autodetect_device() if device == "auto" else device
@@ -141,7 +146,12 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     if dtype_name not in DTYPES:
         raise UserError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
 
-    rank = int(os.environ.get("RANK", 0))
+    if device_type == "cpu":
+        # Compiled CPU kernels otherwise sum some gradients (the embedding's) with atomic adds from several
+        # threads, in a different order each run: two runs then differ by ~1e-3 in loss after 100 steps.
+        # The deterministic fallback costs ~1% of a step here. GPU runs keep the fast kernels.
+        torch.use_deterministic_algorithms(True)
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if device_type == "cuda":
@@ -173,7 +183,7 @@ def end_torchrun_worker(code: int) -> None:
 
 def print0(*args, runtime: Runtime | None = None, **kwargs) -> None:
     """print() on rank 0 only (reads RANK when no runtime is given)."""
-    rank = runtime.rank if runtime is not None else int(os.environ.get("RANK", 0))
+    rank = runtime.rank if runtime is not None else launch_rank()
     if rank == 0:
         print(*args, **kwargs, flush=True)
 

@@ -23,6 +23,10 @@ def option(default: Any, help: str, choices: tuple | None = None, const: Any = N
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "const": const})
 
 
+def field_names(cls: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls)}
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -65,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def build(cls: type[T], args: argparse.Namespace | dict | None = None, preset: dict | None = None) -> T:
     """defaults <- preset <- explicit flags; __post_init__ then checks the result."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = field_names(cls)
     values = {k: v for k, v in (preset or {}).items() if k in names}
     values.update({k: v for k, v in given.items() if k in names})
     return cls(**values)

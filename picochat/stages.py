@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from picochat.data.loader import TokenLoader
-from picochat.data.shards import corpus_dir, split_shards
+from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
 
 
@@ -24,6 +24,8 @@ class Stage:
     val_batches: Callable[..., Iterator]
     # (progress in [0, 1], OptimConfig) -> LR multiplier
     lr_schedule: Callable[[float, object], float]
+    # config -> a fingerprint of the training data; a resume refuses data that changed since the checkpoint
+    data_fingerprint: Callable[..., str]
     init_from: str | None = None       # stage whose newest checkpoint initialises the model
     preset: dict = field(default_factory=dict)  # flag defaults for this stage, under the user's flags
 
@@ -45,7 +47,10 @@ def base_stage() -> Stage:
         return TokenLoader(tokenizer, val_shards, config.device_batch_size, config.max_seq_len,
                            rank=runtime.rank, world_size=runtime.world_size, device=runtime.device, loop=False)
 
-    return Stage("base", train_batches, val_batches, warmup_constant_warmdown)
+    def data_fingerprint(config):
+        return corpus_fingerprint(corpus_dir(config.home_path))
+
+    return Stage("base", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint)
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage}

@@ -8,26 +8,28 @@ runs the same step on its own batches and the gradients are summed over ranks be
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import random
-import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from picochat.checkpoint import checkpoint_dir, load_latest, resolve_resume, save_checkpoint
-from picochat.common import Runtime, UserError, atomic_write_text, picochat_home, print0, setup_runtime, teardown_runtime
-from picochat.config import build, describe, option, require_at_least
+from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, load_latest, load_model_weights,
+                                 make_payload, resolve_resume, restore, save_checkpoint, set_aside_newer,
+                                 set_aside_previous_run)
+from picochat.common import (Runtime, UserError, atomic_write_text, launch_rank, picochat_home, print0,
+                             setup_runtime, teardown_runtime)
+from picochat.config import build, describe, field_names, flag_name, option, require_at_least
 from picochat.evals.bpb import evaluate_bpb
 from picochat.loss import valid_targets
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers, set_lr
-from picochat.perf import peak_flops, peak_rss_bytes
+from picochat.perf import mfu_warning, peak_flops, peak_rss_bytes
+from picochat.progress import MetricsLog, Progress, StopSignal
 from picochat.stages import STAGES, Stage
 from picochat.tokenizer import load_tokenizer
 
@@ -53,8 +55,8 @@ class TrainConfig:
     eval_tokens: int = option(65536, "target tokens per val bpb evaluation")
     save_every: int = option(0, "also checkpoint every N steps (0: only at the end or on a signal)")
     keep_last: int = option(2, "checkpoints of this stage to keep")
-    resume: str = option("", "resume from the newest good checkpoint of this stage, or from PATH",
-                         const="latest")
+    resume: str = option("", "continue the interrupted run from its newest good checkpoint (or PATH), "
+                                 "with that run's settings", const="latest")
     # where and how it runs
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
@@ -94,50 +96,87 @@ class NonFiniteLoss(UserError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Entry point
+# Entry point: settings, then the run
 
 def run(args) -> TrainState:
-    stage_name = (vars(args) if not isinstance(args, dict) else args).get("stage", "base")
-    if stage_name not in STAGES:
-        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage_name!r}")
-    stage = STAGES[stage_name]()
-    config = build(TrainConfig, args, preset=stage.preset)
-    optim_config = build(OptimConfig, args, preset=stage.preset)
-    runtime = setup_runtime(config.device, config.dtype)
-    try:
-        return train(config, optim_config, stage, runtime)
-    finally:
-        teardown_runtime(runtime)
+    """`picochat train`: resolve the settings (a resumed run keeps its own), own the stage directory, train."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)  # only flags the user typed
+    stage = make_stage(given.get("stage", "base"))
+    out_dir = checkpoint_dir(picochat_home(given.get("home") or None), stage.name)
+    resolve_configs(stage, given, None)  # a bad flag fails here, before anything touches the disk
+    with StageLock(out_dir, enabled=launch_rank() == 0):  # rank 0 owns the directory for the whole job
+        resume = resolve_resume(given["resume"], out_dir) if given.get("resume") else None
+        config, optim_config = resolve_configs(stage, given, resume[1] if resume else None)
+        runtime = setup_runtime(config.device, config.dtype)
+        try:
+            return train(config, optim_config, stage, runtime, resume)
+        finally:
+            teardown_runtime(runtime)
 
 
-def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime) -> TrainState:
+def make_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {name!r}")
+    stage = STAGES[name]()
+    unknown = set(stage.preset) - field_names(TrainConfig) - field_names(OptimConfig)
+    if unknown:  # a typo in a preset would otherwise be dropped without a word
+        raise ValueError(f"stage {name!r} presets unknown setting(s): {', '.join(sorted(unknown))}")
+    return stage
+
+
+# Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's.
+FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
+                   "num_iterations", "time_budget", "target_param_data_ratio", "seed",
+                   *(f.name for f in fields(OptimConfig)))
+NOT_RESUMED = ("resume", "home", "stage")  # where the run lives, not how it runs
+
+
+def resolve_configs(stage: Stage, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, "OptimConfig"]:
+    """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed."""
+    preset = dict(stage.preset)
+    if checkpoint is not None:
+        saved = {k: v for k, v in {**checkpoint.get("config", {}), **checkpoint.get("optim_config", {})}.items()
+                 if k not in NOT_RESUMED}
+        check_resume_flags(given, saved)
+        preset.update(saved)
+    return build(TrainConfig, given, preset), build(OptimConfig, given, preset)
+
+
+def check_resume_flags(given: dict, saved: dict) -> None:
+    for name, value in given.items():
+        if name not in saved or value == saved[name]:
+            continue
+        if name in FIXED_ON_RESUME:
+            raise UserError(f"{flag_name(name)} {value} differs from the run being resumed ({saved[name]}); "
+                            "a resumed run keeps its data order and schedule: drop the flag, or start a new run "
+                            "without --resume")
+        print0(f"resume: {flag_name(name)} is now {value} (was {saved[name]})")
+
+
+def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime,
+          resume: tuple[Path, dict] | None = None) -> TrainState:
     out_dir = checkpoint_dir(config.home_path, stage.name)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.home_path)
+    fingerprints = {"corpus": stage.data_fingerprint(config), "tokenizer": tokenizer.fingerprint()}
+    if resume is not None:
+        check_fingerprints(resume[1], fingerprints)
     check_val_split(stage, tokenizer, config, runtime)
     model_config = GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len,
                                         config.head_dim, config.kv_head_ratio)
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)
-    state, loader_state = start_state(config, stage, model, optimizers, runtime, out_dir)
+    state, loader_state = start_state(config, stage, model, optimizers, runtime, out_dir, resume)
     train_loader = stage.train_batches(tokenizer, config, runtime, loader_state)
     tokens_per_step = config.device_batch_size * config.max_seq_len * runtime.world_size * grad_accum
-    num_iterations = plan_iterations(config, model, tokens_per_step)
-
-    print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
-           f"{describe(config)}\n{describe(optim_config)}")
-    print0(f"model: {model_config.n_layer} layers x {model_config.n_embd} wide, {model_config.n_head} heads of "
-           f"{model_config.head_dim} ({model_config.n_kv_head} kv); {model.num_params()['total']:,} params, "
-           f"{model.flops_per_token():.3g} FLOPs/token")
-    print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
-           f"{config.max_seq_len} x {runtime.world_size} process(es)")
+    print_setup(config, optim_config, stage, runtime, model, grad_accum, tokens_per_step)
     step_model = prepare_model(model, config, runtime)
-    peak, peak_source = peak_flops(runtime.device, runtime.dtype)
-    print0(f"peak {runtime.dtype} matmul: {peak / 1e9:,.0f} GFLOP/s ({peak_source})")
-
+    peak = peak_flops(runtime.device, runtime.dtype)
+    print0(f"peak {runtime.dtype} matmul: {peak[0] / 1e9:,.0f} GFLOP/s ({peak[1]})")
     context = LoopContext(config, optim_config, stage, runtime, model, step_model, optimizers, train_loader,
-                          tokenizer, out_dir, grad_accum, tokens_per_step, num_iterations, peak)
+                          tokenizer, out_dir, grad_accum, tokens_per_step,
+                          plan_iterations(config, model, tokens_per_step), peak[0], fingerprints)
     return training_loop(context, state)
 
 
@@ -158,6 +197,7 @@ class LoopContext:
     tokens_per_step: int
     num_iterations: int            # 0 when a time budget decides
     peak_flops: float
+    fingerprints: dict             # of the corpus and tokenizer, saved in every checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,10 +205,10 @@ class LoopContext:
 
 def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
     config, runtime = ctx.config, ctx.runtime
-    metrics = MetricsLog(ctx.out_dir / "metrics.jsonl", runtime, state.step, config.wandb, ctx)
+    wandb_config = {"run_name": f"{ctx.stage.name}-d{config.depth}", **asdict(config), **asdict(ctx.optim_config)}
+    metrics = MetricsLog(ctx.out_dir / "metrics.jsonl", runtime, state.step, wandb_config if config.wandb else None)
     stop = StopSignal()
-    bar = tqdm(total=ctx.num_iterations or None, initial=state.step, disable=not runtime.is_main,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = Progress(ctx.num_iterations or None, state.step, enabled=runtime.is_main)
     if state.step == 0 and config.eval_every:
         evaluate(ctx, state, metrics)  # the untrained baseline
     try:
@@ -184,8 +224,7 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             state.tokens += ctx.tokens_per_step
             state.train_seconds += seconds
             metrics.log(step_metrics(ctx, state, loss, lr, seconds))
-            bar.set_postfix_str(metrics.summary(), refresh=False)
-            bar.update(1)
+            bar.update(state.step, metrics.summary())
             if stop_requested:
                 save(ctx, state)
                 print0(f"\nstopped by signal at step {state.step}; checkpoint written. Resume with --resume")
@@ -200,11 +239,22 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
         bar.close()
         stop.restore()
         metrics.close()
-    if runtime.is_main:  # marks the stage finished, for the pipeline script and the report
+    finish(ctx, state, metrics)
+    return state
+
+
+def finish(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
+    """Mark the stage done (for the pipeline script and the report) and check the MFU's yardstick again."""
+    if ctx.runtime.is_main:
         atomic_write_text(ctx.out_dir / "done.json", json.dumps({**asdict(state), **metrics.last}, indent=2))
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
            f"val bpb {state.val_bpb:.4f}; checkpoint in {ctx.out_dir}")
-    return state
+    end_peak, _ = peak_flops(ctx.runtime.device, ctx.runtime.dtype)
+    print0(f"peak {ctx.runtime.dtype} matmul: {ctx.peak_flops / 1e9:,.0f} GFLOP/s at start-up, "
+           f"{end_peak / 1e9:,.0f} at the end")
+    warning = mfu_warning(max(metrics.max_mfu, 0.0), ctx.runtime.device.type)
+    if warning:
+        print0(f"warning: {warning}")
 
 
 def train_step(step_model: torch.nn.Module, model: GPT, optimizers: list, batches: list, runtime: Runtime,
@@ -280,6 +330,7 @@ def agree(seconds: float, stop_requested: bool, runtime: Runtime) -> tuple[float
     return values[0].item(), bool(values[1].item())
 
 
+
 # ----------------------------------------------------------------------------------------------------------
 # Set-up helpers
 
@@ -314,14 +365,20 @@ def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> in
     return max(1, round(tokens / tokens_per_step))
 
 
-def start_state(config, stage, model, optimizers, runtime, out_dir) -> tuple[TrainState, dict | None]:
-    """Fresh start, resume (everything), or a later stage's start from an earlier stage (weights only)."""
-    if config.resume:
-        path, checkpoint = resolve_resume(config.resume, out_dir, runtime.device)
+
+def start_state(config: TrainConfig, stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
+                resume: tuple[Path, dict] | None) -> tuple[TrainState, dict | None]:
+    """Resume (everything), a later stage's start from an earlier stage (weights only), or a fresh start.
+    Every rank has read its checkpoint before setup_runtime's rendezvous, so rank 0 may now move files."""
+    if resume is not None:
+        path, checkpoint = resume
         print0(f"resuming from {path}")
-        return restore(checkpoint, model, optimizers, runtime)
+        if runtime.is_main:
+            set_aside_newer(out_dir, path)
+        state, loader_state = restore(checkpoint, model, optimizers, runtime)
+        return TrainState(**state), loader_state
     if runtime.is_main:
-        set_aside_old_run(out_dir)
+        set_aside_previous_run(out_dir)
     if stage.init_from:
         path, checkpoint = load_latest(checkpoint_dir(config.home_path, stage.init_from), runtime.device)
         print0(f"starting from {stage.init_from} checkpoint {path}")
@@ -329,40 +386,15 @@ def start_state(config, stage, model, optimizers, runtime, out_dir) -> tuple[Tra
     return TrainState(), None
 
 
-def set_aside_old_run(out_dir: Path) -> None:
-    """A fresh run must not mix with an older run's checkpoints (--resume would pick those up): move the
-    old files into previous-<time>/ rather than deleting anything."""
-    old = list(out_dir.glob("step_*.pt")) + [p for p in (out_dir / "done.json", out_dir / "metrics.jsonl") if p.exists()]
-    if not old:
-        return
-    archive = out_dir / time.strftime("previous-%Y%m%d-%H%M%S")
-    archive.mkdir(parents=True, exist_ok=True)
-    for path in old:
-        path.rename(archive / path.name)
-    print0(f"fresh start: moved the previous run of this stage to {archive}")
-
-
-def load_model_weights(model: GPT, checkpoint: dict) -> None:
-    if checkpoint["model_config"] != asdict(model.config):
-        theirs, ours = checkpoint["model_config"], asdict(model.config)
-        diff = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs now {ours.get(k)}" for k in ours if theirs.get(k) != ours[k])
-        raise UserError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")
-    model.load_state_dict(checkpoint["model"])
-
-
-def restore(checkpoint: dict, model: GPT, optimizers: list, runtime: Runtime) -> tuple[TrainState, dict]:
-    load_model_weights(model, checkpoint)
-    for optimizer, saved in zip(optimizers, checkpoint["optimizers"]):
-        optimizer.load_state_dict(saved)
-    loaders = checkpoint["loaders"]
-    if len(loaders) != runtime.world_size:
-        raise UserError(f"checkpoint was written by {len(loaders)} process(es); resume with the same number "
-                         f"(now {runtime.world_size})")
-    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-    random.setstate(checkpoint["rng"]["python"])
-    if runtime.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu())
-    return TrainState(**checkpoint["train_state"]), loaders[runtime.rank]
+def print_setup(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime, model: GPT,
+                grad_accum: int, tokens_per_step: int) -> None:
+    c = model.config
+    print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
+           f"{describe(config)}\n{describe(optim_config)}")
+    print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv); "
+           f"{model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token")
+    print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
+           f"{config.max_seq_len} x {runtime.world_size} process(es)")
 
 
 def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
@@ -398,8 +430,9 @@ def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.M
     return model
 
 
+
 # ----------------------------------------------------------------------------------------------------------
-# Evaluation, checkpoints, logging, signals
+# Evaluation and checkpoints
 
 def evaluate(ctx: LoopContext, state: TrainState, metrics: "MetricsLog") -> None:
     start = time.perf_counter()
@@ -410,6 +443,16 @@ def evaluate(ctx: LoopContext, state: TrainState, metrics: "MetricsLog") -> None
     metrics.log({"step": state.step, "val_bpb": state.val_bpb, "eval_seconds": round(seconds, 3),
                  "tokens": state.tokens})
     print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f} ({seconds:.1f}s)")
+
+
+def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float) -> dict:
+    tokens_per_second = ctx.tokens_per_step / seconds
+    flops = ctx.model.flops_per_token() * tokens_per_second / ctx.runtime.world_size
+    done = progress(ctx, state)
+    eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
+    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
+            "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
+            "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
 
 
 def save(ctx: LoopContext, state: TrainState) -> None:
@@ -423,101 +466,9 @@ def save(ctx: LoopContext, state: TrainState) -> None:
     if not all(torch.isfinite(p).all() for p in ctx.model.parameters()):
         raise NonFiniteLoss(f"weights are not finite at step {state.step}; not writing a checkpoint")
     if runtime.is_main:
-        payload = {
-            "model": ctx.model.state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in ctx.optimizers],
-            "loaders": loader_states,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state() if runtime.device.type == "cuda" else None},
-            "train_state": asdict(state),
-            "model_config": asdict(ctx.model.config),
-            "config": asdict(ctx.config),
-            "optim_config": asdict(ctx.optim_config),
-            "stage": ctx.stage.name,
-        }
+        configs = {"config": ctx.config, "optim_config": ctx.optim_config}
+        payload = make_payload(ctx.model, ctx.optimizers, loader_states, state, configs, ctx.fingerprints,
+                               ctx.stage.name, runtime)
         save_checkpoint(ctx.out_dir, state.step, payload, ctx.config.keep_last)
     if runtime.distributed:
         dist.barrier()
-
-
-def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float) -> dict:
-    tokens_per_second = ctx.tokens_per_step / seconds
-    flops = ctx.model.flops_per_token() * tokens_per_second / ctx.runtime.world_size
-    done = progress(ctx, state)
-    eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
-    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
-            "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
-            "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
-
-
-class MetricsLog:
-    """One JSONL line per step/eval (rank 0), mirrored to wandb when asked. On resume, lines past the
-    checkpoint's step are dropped, so the file always describes one consistent run."""
-
-    def __init__(self, path: Path, runtime: Runtime, resume_step: int, use_wandb: bool, ctx: LoopContext):
-        self.path, self.enabled, self.last = path, runtime.is_main, {}
-        self.wandb = None
-        if not self.enabled:
-            return
-        kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= resume_step] if resume_step else []
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-        if use_wandb:
-            try:
-                import wandb  # optional dependency, imported only when asked for
-            except ImportError as e:
-                raise UserError("--wandb needs the wandb package: pip install 'picochat[wandb]'") from e
-            self.wandb = wandb.init(project="picochat", name=f"{ctx.stage.name}-d{ctx.config.depth}",
-                                    config={**asdict(ctx.config), **asdict(ctx.optim_config)})
-
-    def log(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.last.update(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(record, step=record["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()  # explicit: a torchrun worker exits without running atexit hooks
-            self.wandb = None
-
-    def summary(self) -> str:
-        m = self.last
-        if "loss" not in m:
-            return ""
-        return (f"loss {m['loss']:.4f} lr {m['lr']:.3f} {m['tok_per_s']:,} tok/s mfu {m['mfu']:.1%} "
-                f"eta {m['eta_s']:.0f}s")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a metrics file; a torn last line (the process was killed mid-write) is dropped."""
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # only a kill -9 mid-write produces this, and only on the last line
-    return records
-
-
-class StopSignal:
-    """SIGTERM (e.g. torchrun, Slurm), SIGUSR1 (Slurm's warning before preemption) or a first Ctrl-C:
-    finish the step, checkpoint, exit 0. A second Ctrl-C aborts at once, without a checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
-            print0("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again aborts)")
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)

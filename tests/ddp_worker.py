@@ -1,20 +1,22 @@
-"""Run by test_train.py under torchrun (2 processes, gloo): train a few steps on fixed batches, summing
-gradients over ranks as the training loop does, then rank 0 repeats the same steps in one process with
+"""Run by test_train.py under torchrun (2 processes, gloo): a few training steps on fixed batches with the
+gradients summed over ranks as the training loop does; then rank 0 repeats them in one process with
 gradient accumulation over both ranks' batches. Rank 1 starts from other weights: prepare_model must
-replace them with rank 0's."""
+replace them with rank 0's. Each run saves the gradients of its first step (before any update) and its
+final model and optimizer state dicts, for the test to compare tensor by tensor.
 
-import json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+"""
+
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from picochat.common import Runtime, end_torchrun_worker, setup_runtime
-from picochat.common import IGNORE_INDEX
+from picochat.common import IGNORE_INDEX, Runtime, end_torchrun_worker, setup_runtime
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import TrainConfig, prepare_model, train_step
+from picochat.train import TrainConfig, forward_backward, prepare_model, sum_gradients, train_step
 
 
 def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,11 +31,15 @@ def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train(runtime: Runtime, model: GPT, ranks_per_step: list[int]) -> dict:
     step_model = prepare_model(model, TrainConfig(compile=False), runtime)
     optimizers = build_optimizers(model, OptimConfig(), torch.float32)
-    losses = []
-    for step in range(4):
-        losses.append(train_step(step_model, model, optimizers, [batches_for(r, step) for r in ranks_per_step],
-                                 runtime))
-    return {"losses": losses, "param_sum": sum(p.double().sum().item() for p in model.parameters())}
+    first = [batches_for(r, 0) for r in ranks_per_step]
+    forward_backward(step_model, first, runtime)  # the first step's gradients, before any update
+    sum_gradients(model, runtime)
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    losses = [train_step(step_model, model, optimizers, [batches_for(r, step) for r in ranks_per_step], runtime)
+              for step in range(4)]
+    return {"losses": losses, "gradients": gradients, "model": model.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers]}
 
 
 def fresh_model(seed: int = 0) -> GPT:
@@ -43,11 +49,10 @@ def fresh_model(seed: int = 0) -> GPT:
 
 def main(out: Path) -> None:
     runtime = setup_runtime("cpu", "float32")
-    result = train(runtime, fresh_model(seed=runtime.rank), [runtime.rank])
-    (out / f"rank{runtime.rank}.json").write_text(json.dumps(result))
+    torch.save(train(runtime, fresh_model(seed=runtime.rank), [runtime.rank]), out / f"rank{runtime.rank}.pt")
     if runtime.rank == 0:
         single_runtime = Runtime(torch.device("cpu"), torch.float32)
-        (out / "single.json").write_text(json.dumps(train(single_runtime, fresh_model(), [0, 1])))
+        torch.save(train(single_runtime, fresh_model(), [0, 1]), out / "single.pt")
     dist.barrier()
     dist.destroy_process_group()
     end_torchrun_worker(0)

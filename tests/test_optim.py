@@ -1,4 +1,7 @@
-"""Muon, the optimizer split and the LR schedule."""
+"""Muon, the optimizer split and the LR schedule.
+
+    python -m pytest tests/test_optim.py
+"""
 
 import pytest
 import torch
