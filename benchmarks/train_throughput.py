@@ -55,7 +55,7 @@ DTYPE_NAMES = ("float32", "bfloat16")
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 MODES = ("eager", "compiled")
 WARMUP_STEPS = 2     # the first steps pay for torch.compile and allocator growth: never timed
-# From the issue, MFU against the bf16 peak (the fp32 one on a CPU without native bf16); 2 GB = 2048 MiB.
+# picochat's targets: MFU against the bf16 peak (the fp32 one on a CPU without native bf16); 2 GB = 2048 MiB.
 TARGETS = {"seed_mfu": 0.50, "best_mfu": 0.60, "default_rss_mb": 2048}
 BF16_SKIPPED = ("bf16 skipped: this CPU has no native bf16 (avx512_bf16/amx); it would be emulated and very slow; "
                 "pass --dtypes bfloat16 to force it")
@@ -133,7 +133,7 @@ def gflops(shape: tuple[int, int, int], dtype_name: str) -> float:
 
 
 def target_peak_dtype(native_bf16: bool) -> str:
-    """The issue states its MFU targets against the bf16 peak; an emulated bf16 peak is no yardstick."""
+    """The MFU targets are stated against the bf16 peak; an emulated bf16 peak is no yardstick."""
     return "bfloat16" if native_bf16 else "float32"
 
 
@@ -266,7 +266,7 @@ def target_lines(rows: list[dict], peak_dtype: str) -> list[str]:
     default = [r for r in measured if r["config"] == "picochat-cpu-default"
                and r["dtype"] == autodetect_dtype("cpu") and r["mode"] == default_mode]
     lines = [] if peak_dtype == "bfloat16" else [
-        "- MFU targets are judged against the fp32 peak: this CPU has no native bf16 (the issue states them "
+        "- MFU targets are judged against the fp32 peak: this CPU has no native bf16 (they are stated "
         "against the bf16 peak)"]
     return lines + [verdict(f"MFU vs {peak} at nanochat-seed", best(seed, key), key, TARGETS["seed_mfu"], True),
                     verdict(f"MFU vs {peak}, best variant", best(measured, key), key, TARGETS["best_mfu"], True),

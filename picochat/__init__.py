@@ -1,5 +1,6 @@
 """picochat: a complete, hackable ChatGPT-style training stack, from raw text to a chat model.
 
 Read it in pipeline order: common, config, data/ (shards, download, offline, prepare, loader),
-tokenizer, model, optim, stages, train, checkpoint, evals/, perf, cli.
+tokenizer, tokenizer_commands, chat, loss, model, optim, stages, checkpoint, progress, train, evals/,
+perf, cli.
 """

@@ -131,7 +131,7 @@ FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_
 NOT_RESUMED = ("resume", "home", "stage")  # where the run lives, not how it runs
 
 
-def resolve_configs(stage: Stage, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, "OptimConfig"]:
+def resolve_configs(stage: Stage, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, OptimConfig]:
     """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed."""
     preset = dict(stage.preset)
     if checkpoint is not None:
@@ -252,7 +252,7 @@ def finish(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     end_peak, _ = peak_flops(ctx.runtime.device, ctx.runtime.dtype)
     print0(f"peak {ctx.runtime.dtype} matmul: {ctx.peak_flops / 1e9:,.0f} GFLOP/s at start-up, "
            f"{end_peak / 1e9:,.0f} at the end")
-    warning = mfu_warning(max(metrics.max_mfu, 0.0), ctx.runtime.device.type)
+    warning = mfu_warning(metrics.max_mfu, ctx.runtime.device.type)
     if warning:
         print0(f"warning: {warning}")
 
@@ -434,7 +434,7 @@ def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.M
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation and checkpoints
 
-def evaluate(ctx: LoopContext, state: TrainState, metrics: "MetricsLog") -> None:
+def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     start = time.perf_counter()
     batches = ctx.stage.val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
     state.val_bpb = evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens,
