@@ -1,8 +1,9 @@
 """Stages: what base pretraining, mid-training and SFT do differently, as data rather than as code.
 
 A Stage names its batch sources (targets use IGNORE_INDEX where no loss is taken), its LR schedule as a
-function of progress 0..1, the stage whose checkpoint it starts from, and flag presets. train.py runs
-every stage with the same loop. Mid-training and SFT add one small function each here.
+function of progress 0..1, a fingerprint of its data (for resume), the stage whose checkpoint it starts
+from, and flag presets. train.py runs every stage with the same loop. Mid-training and SFT add one small
+function each here.
 """
 
 from __future__ import annotations
