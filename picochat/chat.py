@@ -79,7 +79,7 @@ def merge_system(messages: list[dict]) -> list[dict]:
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
             raise UserError(f"message {index} has role {message['role']!r}, expected {expected!r} "
-                             "(conversations alternate user/assistant, starting with user)")
+                            "(conversations alternate user/assistant, starting with user)")
     return messages
 
 

@@ -46,10 +46,10 @@ class GPTConfig:
         n_head = max(1, n_embd // head_dim)
         if n_embd % n_head:
             raise UserError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim {head_dim} "
-                             "do not divide; choose another --depth or --head-dim")
+                            "do not divide; choose another --depth or --head-dim")
         if n_head % kv_head_ratio:
             raise UserError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
-                             f"{depth}; choose another ratio, --depth or --head-dim")
+                            f"{depth}; choose another ratio, --depth or --head-dim")
         return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_embd=n_embd,
                    n_head=n_head, n_kv_head=n_head // kv_head_ratio)
 

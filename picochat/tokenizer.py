@@ -86,7 +86,7 @@ class Tokenizer:
         # A damaged file must not load with shifted ids: ranks are exactly 0..n-1 and the specials follow.
         if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) + len(SPECIAL_TOKENS) != vocab_size:
             raise UserError(f"tokenizer in {directory} is corrupt (ranks do not make a {vocab_size}-token "
-                             "vocabulary); run `picochat tokenizer train` again")
+                            "vocabulary); run `picochat tokenizer train` again")
         return cls.from_ranks(ranks, pattern)
 
     # ---- encoding ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class TokenizerTrainConfig:
     def __post_init__(self):
         if self.vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
             raise UserError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
-                             f"(256 bytes + 9 specials + 1 merge), got {self.vocab_size}")
+                            f"(256 bytes + 9 specials + 1 merge), got {self.vocab_size}")
         if self.max_chars <= 0 or self.doc_cap <= 0:
             raise UserError("--max-chars and --doc-cap must be positive")
 

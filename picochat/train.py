@@ -340,7 +340,7 @@ def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
         return 1
     if config.total_batch_size % per_micro_step:
         raise UserError(f"--total-batch-size {config.total_batch_size} must be a multiple of "
-                         f"--device-batch-size x --max-seq-len x processes = {per_micro_step}")
+                        f"--device-batch-size x --max-seq-len x processes = {per_micro_step}")
     return config.total_batch_size // per_micro_step
 
 
@@ -352,7 +352,7 @@ def check_val_split(stage: Stage, tokenizer, config: TrainConfig, runtime: Runti
         dist.all_reduce(ranks_with_a_batch)
     if ranks_with_a_batch.item() == 0:
         raise UserError(f"the val split is shorter than one batch of {config.device_batch_size} x "
-                         f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
+                        f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
 
 
 def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> int:

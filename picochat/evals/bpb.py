@@ -40,5 +40,5 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, max_tokens
         dist.all_reduce(n_bytes)
     if n_bytes.item() == 0:
         raise UserError("no validation bytes to score: the val split is shorter than one batch "
-                         "(lower --device-batch-size or --max-seq-len)")
+                        "(lower --device-batch-size or --max-seq-len)")
     return (nats / (math.log(2) * n_bytes)).item()
