@@ -57,12 +57,14 @@ def save_checkpoint(directory: str | Path, step: int, state: dict, keep_last: in
     return path
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
+    """mmap=True maps the file instead of reading it: what is never touched (the optimizer state, for
+    inference) never takes memory."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # a damaged file fails in many ways inside torch.load: zip, pickle, EOF, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"checkpoint {path} is corrupt or truncated ({reason})") from e
@@ -72,14 +74,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return checkpoint
 
 
-def load_latest(directory: str | Path, device: torch.device | str = "cpu") -> tuple[Path, dict]:
+def load_latest(directory: str | Path, device: torch.device | str = "cpu", mmap: bool = False) -> tuple[Path, dict]:
     """Newest readable checkpoint; corrupt ones are reported in one line each and skipped."""
     candidates = list_checkpoints(directory)
     if not candidates:
         raise UserError(f"no checkpoint to resume from in {directory}")
     for path in reversed(candidates):
         try:
-            return path, load_checkpoint(path, device)
+            return path, load_checkpoint(path, device, mmap)
         except UserError as error:
             print0(f"warning: {error}; falling back to the previous checkpoint")
     raise UserError(f"every checkpoint in {directory} is corrupt; start again without --resume")

@@ -90,6 +90,10 @@ class KVCache:
             self.pos = end
         return keys, values
 
+    def repeat_rows(self, n: int) -> None:
+        """One row (a prefilled prompt) becomes n identical rows, so n samples share one prefill."""
+        self.k, self.v = self.k.repeat(1, n, 1, 1, 1), self.v.repeat(1, n, 1, 1, 1)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):

@@ -1,0 +1,245 @@
+"""The inference engine: a checkpoint becomes a model that answers. The chat CLI, the web server, the
+evals and RL all sample through it; nothing else does.
+
+Generation prefills the prompt once, copies its KV cache to N rows, then feeds one token per row per step.
+Each row stops on its own (<|assistant_end|>, <|bos|> or max_tokens). When a row writes
+<|python_start|> expression <|python_end|>, the calculator (calculator.py) runs and the engine forces
+<|output_start|> result <|output_end|> into that row before it samples again.
+
+    engine = Engine.from_checkpoint(home)      # newest stage, newest good checkpoint
+    for delta in engine.stream({"messages": [{"role": "user", "content": "hi"}]}, Sampling(temperature=0)):
+        print(delta, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from picochat.calculator import calculate
+from picochat.chat import render_for_completion
+from picochat.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_latest
+from picochat.common import Runtime, UserError, picochat_home, print0
+from picochat.model import GPT, GPTConfig, KVCache
+from picochat.tokenizer import Tokenizer, load_tokenizer
+
+STAGES_NEWEST_FIRST = ("rl", "sft", "mid", "base")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+def find_checkpoint(home: Path, source: str = "", step: int = 0) -> tuple[str, Path, dict]:
+    """(stage, path, checkpoint) for --source (default: the latest stage that has a checkpoint) and --step
+    (default: the newest good one, falling back past corrupt files as training does). The file is memory-
+    mapped, so the optimizer state it also holds is never read into memory."""
+    stages = [source] if source else [s for s in STAGES_NEWEST_FIRST if list_checkpoints(checkpoint_dir(home, s))]
+    if not stages or not list_checkpoints(checkpoint_dir(home, stages[0])):
+        stage = source or "base"
+        raise UserError(f"no {stage} checkpoint in {checkpoint_dir(home, stage)}; create one with "
+                        f"`picochat train --stage {stage}`")
+    directory = checkpoint_dir(home, stages[0])
+    if step:
+        path = directory / f"step_{step:06d}.pt"
+        return stages[0], path, load_checkpoint(path, mmap=True)
+    path, checkpoint = load_latest(directory, mmap=True)
+    return stages[0], path, checkpoint
+
+
+def load_model(home: str | Path | None, source: str = "", step: int = 0,
+               device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """A stage's checkpoint as a model in eval mode, its tokenizer, and where it came from."""
+    home = picochat_home(home)
+    stage, path, checkpoint = find_checkpoint(home, source, step)
+    tokenizer = load_tokenizer(home)
+    config = GPTConfig(**checkpoint["model_config"])
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(f"the tokenizer in {home / 'tokenizer'} has {tokenizer.vocab_size:,} tokens but {path} "
+                        f"was trained with {config.vocab_size:,}; use the tokenizer it was trained with")
+    model = GPT(config)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    info = {"stage": stage, "path": str(path), "step": checkpoint["train_state"]["step"]}
+    return model, tokenizer, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling
+
+@dataclass
+class Sampling:
+    temperature: float = 0.6     # 0: greedy
+    top_k: int = 50              # 0: no top-k cut
+    top_p: float = 1.0           # 1: no nucleus cut
+    max_tokens: int = 256        # new tokens per sample, tool output included
+    seed: int | None = None      # the same seed and prompt give the same sample
+
+    def __post_init__(self):
+        if not 0 <= self.temperature <= 10:
+            raise UserError(f"temperature must be in [0, 10], got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise UserError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """logits: (N, V) -> (N,) token ids."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= sampling.top_p  # keep the token that crosses p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Row:
+    """The calculator state of one sample being generated."""
+    forced: list[int] = field(default_factory=list)   # tool output to feed before sampling again
+    expression: list[int] | None = None               # tokens since <|python_start|>, while in a call
+    done: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engine
+
+class Engine:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, runtime: Runtime | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.runtime = runtime or Runtime(next(model.parameters()).device, torch.float32)
+        special = tokenizer.special
+        self.stop_ids = {special("<|assistant_end|>"), tokenizer.bos_id}
+        self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
+        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+
+    @classmethod
+    def from_checkpoint(cls, home=None, source: str = "", step: int = 0, runtime: Runtime | None = None,
+                        quiet: bool = False) -> "Engine":
+        device = runtime.device if runtime else "cpu"
+        model, tokenizer, info = load_model(home, source, step, device)
+        if not quiet:
+            print0(f"loaded {info['stage']} step {info['step']} from {info['path']}")
+        return cls(model, tokenizer, runtime)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], sampling: Sampling, num_samples: int = 1) -> Iterator[list[int | None]]:
+        """Yield, per step, one new token per row (None for a row that has finished). Rows share the
+        prompt's prefill and stop independently."""
+        if not prompt:
+            raise UserError("the prompt is empty")
+        rows = [Row() for _ in range(num_samples)]
+        max_len = len(prompt) + sampling.max_tokens
+        if max_len > self.model.cos.size(1):
+            raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {sampling.max_tokens} exceeds the "
+                            f"model's context of {self.model.cos.size(1)} tokens")
+        generator = torch.Generator(device=self.runtime.device)
+        if sampling.seed is None:
+            generator.seed()  # a fresh random seed for this generator only
+        else:
+            generator.manual_seed(sampling.seed)
+        cache = KVCache(self.model.config, 1, max_len, self.runtime.device, self.cache_dtype())
+        logits = self.forward(torch.tensor([prompt], device=self.runtime.device), cache)
+        cache.repeat_rows(num_samples)
+        logits = logits.expand(num_samples, -1)
+        for _ in range(sampling.max_tokens):
+            sampled = sample_next(logits, sampling, generator).tolist()
+            step = [self.advance(row, token) for row, token in zip(rows, sampled)]
+            yield step
+            if all(row.done for row in rows):
+                return
+            fed = [token if token is not None else self.tokenizer.bos_id for token in step]  # finished rows idle
+            logits = self.forward(torch.tensor(fed, device=self.runtime.device)[:, None], cache)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """(N, T) ids -> (N, V) fp32 logits of the last position, through the cache."""
+        with self.runtime.autocast():
+            return self.model(ids, kv_cache=cache)[:, -1, :].float()
+
+    def cache_dtype(self) -> torch.dtype:
+        return self.runtime.dtype if self.runtime.device.type == "cuda" else torch.float32
+
+    def advance(self, row: Row, sampled: int) -> int | None:
+        """The token this row takes this step: forced tool output first, else the sampled one."""
+        if row.done:
+            return None
+        token = row.forced.pop(0) if row.forced else sampled
+        if token in self.stop_ids:
+            row.done = True
+        elif token == self.python_start:
+            row.expression = []
+        elif token == self.python_end and row.expression is not None:
+            result = calculate(self.tokenizer.decode(row.expression))
+            row.forced = [self.output_start] + self.tokenizer.encode(result) + [self.output_end]
+            row.expression = None
+        elif row.expression is not None:
+            row.expression.append(token)
+        return token
+
+    # ---- conveniences for callers that want text -----------------------------------------------------
+
+    def prompt_ids(self, conversation: dict) -> list[int]:
+        return render_for_completion(self.tokenizer, conversation)
+
+    def stream(self, conversation: dict, sampling: Sampling) -> Iterator[str]:
+        """Text deltas of one answer, as they are generated; never half of a multi-byte character."""
+        text = TextStream(self.tokenizer)
+        for step in self.generate(self.prompt_ids(conversation), sampling):
+            if step[0] is not None:
+                delta = text.push(step[0])
+                if delta:
+                    yield delta
+        tail = text.flush()
+        if tail:
+            yield tail
+
+    def complete(self, prompt: list[int], sampling: Sampling, num_samples: int = 1) -> list[dict]:
+        """Whole samples: {"tokens", "text", "finish_reason"} per row; "stop" when the row ended itself,
+        "length" when max_tokens cut it."""
+        tokens: list[list[int]] = [[] for _ in range(num_samples)]
+        for step in self.generate(prompt, sampling, num_samples):
+            for row_tokens, token in zip(tokens, step):
+                if token is not None:
+                    row_tokens.append(token)
+        return [{"tokens": t, "text": self.visible_text(t),
+                 "finish_reason": "stop" if t and t[-1] in self.stop_ids else "length"} for t in tokens]
+
+    def visible_text(self, tokens: list[int]) -> str:
+        stream = TextStream(self.tokenizer)
+        return "".join(stream.push(token) for token in tokens) + stream.flush()
+
+
+# How the tool call shows in text: <|python_start|>3*4<|python_end|><|output_start|>12<|output_end|>
+# reads "<<3*4=12>>", the calculator notation of GSM8K's solutions. Other special tokens are not shown.
+TOOL_TEXT = {"<|python_start|>": "<<", "<|python_end|>": "", "<|output_start|>": "=", "<|output_end|>": ">>"}
+
+
+class TextStream:
+    """Token ids in, text out, holding back the bytes of a character that is not complete yet."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.special_text = {tokenizer.special(name): text for name, text in TOOL_TEXT.items()}
+        self.first_special = len(tokenizer.encoding._mergeable_ranks)
+
+    def push(self, token: int) -> str:
+        if token >= self.first_special:
+            return self.decoder.decode(b"", final=True) + self.special_text.get(token, "")
+        return self.decoder.decode(self.tokenizer.encoding.decode_single_token_bytes(token))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)

@@ -1,0 +1,217 @@
+"""The engine: loading a checkpoint, KV-cached decoding (= the full forward), sampling, independent rows,
+the calculator tool inside generation, and text streaming that never splits a character.
+
+    python -m pytest tests/test_engine.py
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from helpers import TINY, flags_dict
+from picochat.calculator import calculate
+from picochat.common import Runtime, UserError
+from picochat.engine import Engine, Row, Sampling, TextStream, load_model
+from picochat.model import GPT, GPTConfig
+from picochat.tokenizer import Tokenizer
+from picochat.train import run
+
+CPU = Runtime(torch.device("cpu"), torch.float32)
+
+
+def random_model(vocab_size: int, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=2, n_embd=64, n_head=2, n_kv_head=1))
+    for p in model.parameters():  # init zeroes the residual branches: random weights make outputs varied
+        torch.nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_tokenizer) -> Engine:
+    return Engine(random_model(tiny_tokenizer.vocab_size), tiny_tokenizer, CPU)
+
+
+def hello(text: str = "Hello there") -> dict:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+# ---- decoding ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def without_cache(engine: Engine, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy decoding by running the whole sequence each step, with the engine's own tool handling."""
+    ids, row, out = list(prompt), Row(), []
+    for _ in range(max_tokens):
+        logits = engine.model(torch.tensor([ids]))[0, -1]
+        token = engine.advance(row, int(logits.argmax()))
+        if token is None:
+            break
+        ids.append(token)
+        out.append(token)
+    return out
+
+
+def test_greedy_with_the_cache_equals_the_full_forward(engine):
+    prompt = engine.prompt_ids(hello())
+    cached = engine.complete(prompt, Sampling(temperature=0, max_tokens=40))[0]["tokens"]
+    assert cached == without_cache(engine, prompt, 40) and len(cached) > 5
+
+
+def test_a_seed_reproduces_a_sample(engine):
+    prompt = engine.prompt_ids(hello())
+    sample = lambda seed: engine.complete(prompt, Sampling(temperature=1.0, top_k=0, max_tokens=30, seed=seed))[0]
+    assert sample(7)["tokens"] == sample(7)["tokens"]
+    assert sample(7)["tokens"] != sample(8)["tokens"]
+
+
+def test_n_samples_share_one_prefill_and_match_single_samples_greedily(engine):
+    prompt = engine.prompt_ids(hello())
+    greedy = Sampling(temperature=0, max_tokens=20)
+    rows = engine.complete(prompt, greedy, num_samples=4)
+    single = engine.complete(prompt, greedy)[0]
+    assert all(row["tokens"] == single["tokens"] for row in rows)
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_at_least_one_token(engine):
+    prompt = engine.prompt_ids(hello())
+    greedy = engine.complete(prompt, Sampling(temperature=0, max_tokens=15))[0]["tokens"]
+    assert engine.complete(prompt, Sampling(temperature=1.0, top_k=1, max_tokens=15, seed=3))[0]["tokens"] == greedy
+    assert engine.complete(prompt, Sampling(temperature=1.0, top_k=0, top_p=1e-6, max_tokens=15,
+                                            seed=3))[0]["tokens"] == greedy
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for the GPT: at generation step i it puts all probability on script[row][i]."""
+
+    def __init__(self, vocab_size: int, scripts: list[list[int]], prompt_len: int):
+        super().__init__()
+        self.config = GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=1, n_embd=8, n_head=1, n_kv_head=1)
+        self.register_buffer("cos", torch.zeros(1, 640, 1, 4))
+        self.scripts, self.prompt_len = scripts, prompt_len
+
+    def forward(self, ids, kv_cache):
+        kv_cache.pos += ids.size(1)
+        step = kv_cache.pos - self.prompt_len  # 0 right after the prefill
+        logits = torch.full((ids.size(0), ids.size(1), self.config.vocab_size), -1e9)
+        for row in range(ids.size(0)):
+            script = self.scripts[row % len(self.scripts)]
+            logits[row, -1, script[min(step, len(script) - 1)]] = 0.0
+        return logits
+
+
+def scripted_engine(tokenizer: Tokenizer, scripts: list[list[int]], prompt: list[int]) -> Engine:
+    return Engine(ScriptedModel(tokenizer.vocab_size, scripts, len(prompt)), tokenizer, CPU)
+
+
+def test_rows_stop_independently(tiny_tokenizer):
+    t = tiny_tokenizer
+    end, word = t.special("<|assistant_end|>"), t.encode(" the")[0]
+    prompt = [t.bos_id, 1, 2]
+    scripts = [[word] * n + [end] for n in (2, 5, 9)] + [[word] * 50]  # the last row never stops
+    engine = scripted_engine(t, scripts, prompt)
+    steps = list(engine.generate(prompt, Sampling(temperature=0, max_tokens=12), num_samples=4))
+    assert len(steps) == 12
+    for row, stops_after in enumerate((3, 6, 10, None)):
+        column = [step[row] for step in steps]
+        if stops_after is None:
+            assert column == [word] * 12
+        else:
+            assert column[:stops_after] == [word] * (stops_after - 1) + [end]
+            assert column[stops_after:] == [None] * (12 - stops_after)
+    reasons = [r["finish_reason"] for r in engine.complete(prompt, Sampling(temperature=0, max_tokens=12), 4)]
+    assert reasons == ["stop", "stop", "stop", "length"]
+
+
+def test_generation_ends_when_every_row_has_stopped(tiny_tokenizer):
+    t = tiny_tokenizer
+    engine = scripted_engine(t, [[t.encode(" a")[0], t.bos_id]], [t.bos_id])
+    assert len(list(engine.generate([t.bos_id], Sampling(temperature=0, max_tokens=100), num_samples=3))) == 2
+
+
+@pytest.mark.parametrize("expression, result", [("12*3", "36"), ("9**9**9", "error: result too large"),
+                                                ("__import__('os')", "error: only string methods")])
+def test_the_calculator_result_is_forced_into_the_row(tiny_tokenizer, expression, result):
+    t = tiny_tokenizer
+    special = t.special
+    call = [special("<|python_start|>")] + t.encode(expression) + [special("<|python_end|>")]
+    forced = [special("<|output_start|>")] + t.encode(calculate(expression)) + [special("<|output_end|>")]
+    filler = [t.encode(" x")[0]] * len(forced)  # what the model "samples" while the tool output is fed
+    script = call + filler + t.encode(" done") + [special("<|assistant_end|>")]
+    prompt = [t.bos_id]
+    sample = scripted_engine(t, [script], prompt).complete(prompt, Sampling(temperature=0, max_tokens=100))[0]
+    assert sample["tokens"] == call + forced + t.encode(" done") + [special("<|assistant_end|>")]
+    assert sample["text"].startswith(f"<<{expression}={result}") and sample["text"].endswith(">> done")
+
+
+# ---- text ----------------------------------------------------------------------------------------------
+
+def test_text_stream_never_splits_a_character(tiny_tokenizer):
+    text = "Zürich 東京 😀👍🏽 naïve"
+    tokens = tiny_tokenizer.encode(text)
+    stream = TextStream(tiny_tokenizer)
+    deltas = [stream.push(token) for token in tokens] + [stream.flush()]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in delta for delta in deltas)
+    assert "" in deltas[:-1]  # some token ended mid-character and its bytes were held back
+
+
+def test_stream_yields_the_answer_as_text(engine):
+    sampling = Sampling(temperature=0, max_tokens=25)
+    streamed = "".join(engine.stream(hello(), sampling))
+    assert streamed == engine.complete(engine.prompt_ids(hello()), sampling)[0]["text"] and streamed
+
+
+def test_sampling_settings_are_checked():
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(max_tokens=0)):
+        with pytest.raises(UserError):
+            Sampling(**bad)
+
+
+def test_a_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(UserError, match="exceeds the model's context"):
+        list(engine.generate([1] * 600, Sampling(max_tokens=100)))
+
+
+# ---- loading a checkpoint ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory, tiny_home):
+    home = tmp_path_factory.mktemp("engine") / "home"
+    shutil.copytree(tiny_home, home)
+    run(flags_dict(*TINY, "--num-iterations", "4", "--save-every", "2", "--keep-last", "3", "--home", str(home)))
+    return home
+
+
+def test_load_model_gives_the_checkpoint_weights_in_eval_mode(trained_home):
+    model, tokenizer, info = load_model(trained_home)
+    assert info["stage"] == "base" and info["step"] == 4 and not model.training
+    saved = torch.load(trained_home / "checkpoints" / "base" / "step_000004.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
+    assert tokenizer.vocab_size == model.config.vocab_size
+    assert load_model(trained_home, source="base", step=2)[2]["step"] == 2
+
+
+def test_load_model_without_a_checkpoint_says_how_to_make_one(tiny_home):
+    with pytest.raises(UserError, match=r"no base checkpoint in .*; create one with `picochat train --stage base`"):
+        load_model(tiny_home)
+    with pytest.raises(UserError, match="`picochat train --stage sft`"):
+        load_model(tiny_home, source="sft")
+
+
+def test_load_model_refuses_a_tokenizer_of_another_vocab(trained_home, tmp_path, corpus_documents):
+    home = shutil.copytree(trained_home, tmp_path / "home")
+    Tokenizer.train((d.text for d in corpus_documents), 300).save(home / "tokenizer")
+    with pytest.raises(UserError, match="has 300 tokens but .* was trained with 512"):
+        load_model(home)
+
+
+def test_load_model_falls_back_past_a_corrupt_checkpoint(trained_home, tmp_path, capsys):
+    home = shutil.copytree(trained_home, tmp_path / "home")
+    newest = home / "checkpoints" / "base" / "step_000004.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    assert load_model(home)[2]["step"] == 2
+    assert "falling back to the previous checkpoint" in capsys.readouterr().out
