@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                             "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
     ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
+    ("chat", None): ("picochat.chat_cli", "ChatConfig", "run", "talk to a trained model in the terminal"),
 }
 
 

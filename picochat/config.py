@@ -18,9 +18,11 @@ from picochat.common import UserError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, choices: tuple | None = None, const: Any = None) -> Any:
-    """A dataclass field with a one-line help. `const` lets the flag be given bare (`--resume`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "const": const})
+def option(default: Any, help: str, choices: tuple | None = None, const: Any = None, short: str = "") -> Any:
+    """A dataclass field with a one-line help. `const` lets the flag be given bare (`--resume`); `short`
+    adds a one-letter alias (`-p`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "const": const,
+                                                        "short": short})
 
 
 def field_names(cls: type) -> set[str]:
@@ -63,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = meta["choices"]
         if meta.get("const") is not None:
             kwargs.update(nargs="?", const=meta["const"])
-        parser.add_argument(flag_name(field.name), dest=field.name, **kwargs)
+        names = [meta["short"]] if meta.get("short") else []
+        parser.add_argument(*names, flag_name(field.name), dest=field.name, **kwargs)
 
 
 def build(cls: type[T], args: argparse.Namespace | dict | None = None, preset: dict | None = None) -> T:
