@@ -2,5 +2,5 @@
 
 Read it in pipeline order: common, config, data/ (shards, download, offline, prepare, loader),
 tokenizer, tokenizer_commands, chat, loss, model, optim, stages, checkpoint, progress, train, evals/,
-perf, calculator, engine, chat_cli, cli.
+perf, calculator, engine, chat_cli, server (+ ui/index.html), cli.
 """

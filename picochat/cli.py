@@ -32,6 +32,8 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
     ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
     ("chat", None): ("picochat.chat_cli", "ChatConfig", "run", "talk to a trained model in the terminal"),
+    ("serve", None): ("picochat.server", "ServeConfig", "run",
+                      "the web chat page and an OpenAI-compatible API on 127.0.0.1"),
 }
 
 

@@ -121,6 +121,7 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer, runtime: Runtime | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.runtime = runtime or Runtime(next(model.parameters()).device, torch.float32)
+        self.info: dict = {}  # where the weights came from: stage, path, step
         special = tokenizer.special
         self.stop_ids = {special("<|assistant_end|>"), tokenizer.bos_id}
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
@@ -133,7 +134,9 @@ class Engine:
         model, tokenizer, info = load_model(home, source, step, device)
         if not quiet:
             print0(f"loaded {info['stage']} step {info['step']} from {info['path']}")
-        return cls(model, tokenizer, runtime)
+        engine = cls(model, tokenizer, runtime)
+        engine.info = info
+        return engine
 
     @torch.no_grad()
     def generate(self, prompt: list[int], sampling: Sampling, num_samples: int = 1) -> Iterator[list[int | None]]:
