@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from picochat.common import UserError, setup_runtime
+from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, Sampling
+from picochat.engine import Engine, Sampling, inference_runtime
 
 HELP = "/clear starts a new conversation, /quit or Ctrl-D leaves, Ctrl-C stops an answer"
 
@@ -31,7 +31,8 @@ class ChatConfig:
     max_tokens: int = option(512, "longest answer, in tokens")
     seed: int = option(-1, "random seed for sampling (-1: a new one for every answer)")
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
+    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
+                        choices=("auto", "float32", "bfloat16"))
     home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
     def sampling(self) -> Sampling:
@@ -42,7 +43,7 @@ class ChatConfig:
 def run(args) -> None:
     config = build(ChatConfig, args)
     sampling = config.sampling()  # checks the sampling flags before loading anything
-    runtime = setup_runtime(config.device, config.dtype)
+    runtime = inference_runtime(config.device, config.dtype)
     source = "" if config.source == "auto" else config.source
     engine = Engine.from_checkpoint(config.home or None, source, config.step, runtime, quiet=bool(config.prompt))
     if config.prompt:

@@ -21,9 +21,9 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from picochat.common import UserError, setup_runtime
+from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, Sampling, TextStream
+from picochat.engine import Engine, Sampling, TextStream, inference_runtime
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 MAX_MESSAGES = 64
@@ -41,7 +41,8 @@ class ServeConfig:
     max_tokens: int = option(512, "the longest answer a request may ask for")
     max_queue: int = option(32, "requests admitted at once (one generating, the rest waiting); more get 429")
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype", choices=("auto", "float32", "bfloat16"))
+    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
+                        choices=("auto", "float32", "bfloat16"))
     home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
     def __post_init__(self):
@@ -55,7 +56,7 @@ def run(args) -> None:
     import uvicorn  # imported here: `picochat --help` stays fast
 
     config = build(ServeConfig, args)
-    runtime = setup_runtime(config.device, config.dtype)
+    runtime = inference_runtime(config.device, config.dtype)
     engine = Engine.from_checkpoint(config.home or None, "" if config.source == "auto" else config.source,
                                     config.step, runtime)
     app = create_app(engine, config.max_tokens, config.max_queue)

@@ -215,3 +215,9 @@ def test_load_model_falls_back_past_a_corrupt_checkpoint(trained_home, tmp_path,
     newest.write_bytes(newest.read_bytes()[:500])
     assert load_model(home)[2]["step"] == 2
     assert "falling back to the previous checkpoint" in capsys.readouterr().out
+
+
+def test_inference_runs_in_fp32_on_a_cpu_unless_asked_otherwise():
+    from picochat.engine import inference_runtime
+    assert inference_runtime("cpu", "auto").dtype == torch.float32
+    assert inference_runtime("cpu", "bfloat16").dtype == torch.bfloat16
