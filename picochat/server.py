@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import uuid
@@ -56,12 +57,22 @@ def run(args) -> None:
     import uvicorn  # imported here: `picochat --help` stays fast
 
     config = build(ServeConfig, args)
+    check_port_free(config.host, config.port)  # before the model loads: a taken port is a one-line error
     runtime = inference_runtime(config.device, config.dtype)
     engine = Engine.from_checkpoint(config.home or None, "" if config.source == "auto" else config.source,
                                     config.step, runtime)
     app = create_app(engine, config.max_tokens, config.max_queue)
     print(f"picochat serve: http://{config.host}:{config.port} (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port or --host") from None
 
 
 # ----------------------------------------------------------------------------------------------------------

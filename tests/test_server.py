@@ -218,6 +218,16 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(engine):
         live.stop()
 
 
+def test_a_taken_port_is_a_one_line_error(server):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "picochat.cli", "serve", "--port", str(server.port)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"picochat: error: cannot listen on 127.0.0.1:{server.port} (Address already in "
+                                   "use); pick another --port or --host")
+
+
 # ---- the chat page in a real browser -------------------------------------------------------------------
 
 @pytest.mark.slow
