@@ -1,0 +1,58 @@
+"""Tasks: conversations to train on and problems to evaluate, one small file per task.
+
+A Task is a list of examples, each a conversation in chat.py's format ({"messages": [...]}) whose last
+message is the assistant's reference answer. An eval task also says how to score a model's answer:
+generative tasks check the text the engine sampled (`score`); categorical ones (multiple choice) will
+compare the model's scores of the answer letters. Every task records where its examples come from and
+under which licence, and which split it is: a split reported as an eval is never trained on.
+
+    task = ArithmeticWithTool("train"); task[0]["messages"]
+"""
+
+from __future__ import annotations
+
+import re
+
+from picochat.common import UserError
+
+SPLITS = ("train", "eval")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+class Task:
+    name = ""
+    source = ""      # where the examples come from
+    license = ""
+    kind = "generative"
+
+    def __init__(self, split: str):
+        if split not in SPLITS:
+            raise UserError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.split = split
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def score(self, example: dict, answer: str) -> bool:
+        """Whether a model's answer (visible text) to example's question is right."""
+        raise NotImplementedError
+
+    def prompt(self, index: int) -> dict:
+        """The example without its reference answer: what the model is asked."""
+        return {"messages": self[index]["messages"][:-1]}
+
+
+def final_number(text: str) -> str | None:
+    """The answer a text gives as a number: after its last '####' if it has one (GSM8K's convention),
+    else its last number. Thousands separators are dropped and "7.0" reads as "7"."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    numbers = NUMBER.findall(tail)
+    if not numbers:
+        return None
+    value = numbers[0 if "####" in text else -1].replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value
