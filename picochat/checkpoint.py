@@ -115,7 +115,8 @@ def make_payload(model, optimizers: list, loader_states: list[dict], train_state
 
 
 def load_model_weights(model, checkpoint: dict) -> None:
-    ours, theirs = asdict(model.config), checkpoint["model_config"]
+    """The checkpoint's weights into a model of the same shape (the sequence length may differ)."""
+    ours, theirs = asdict(model.config), {**checkpoint["model_config"], "sequence_len": model.config.sequence_len}
     if theirs != ours:
         diff = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs now {ours[k]}" for k in ours if theirs.get(k) != ours[k])
         raise UserError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")

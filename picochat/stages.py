@@ -8,12 +8,18 @@ function each here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from picochat.data.conversations import ConversationLoader
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
+from picochat.tasks import Task
+from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.identity import Identity
+from picochat.tasks.spelling_bee import SpellingBee
 
 
 @dataclass
@@ -48,10 +54,49 @@ def base_stage() -> Stage:
         return TokenLoader(tokenizer, val_shards, config.device_batch_size, config.max_seq_len,
                            rank=runtime.rank, world_size=runtime.world_size, device=runtime.device, loop=False)
 
+    return Stage("base", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint_of_corpus)
+
+
+def conversation_stage(name: str, init_from: str, mixture: Callable) -> Stage:
+    """A stage that trains on conversations (mid-training, SFT): only the assistant's tokens are targets.
+    mixture(config, split) -> [(task, weight), ...]; the eval split gives the val batches."""
+
+    def train_batches(tokenizer, config, runtime, state):
+        return ConversationLoader(tokenizer, mixture(config, "train"), config.device_batch_size, config.max_seq_len,
+                                  rank=runtime.rank, world_size=runtime.world_size, device=runtime.device,
+                                  seed=config.seed, state=state)
+
+    def val_batches(tokenizer, config, runtime):
+        return ConversationLoader(tokenizer, mixture(config, "eval"), config.device_batch_size, config.max_seq_len,
+                                  rank=runtime.rank, world_size=runtime.world_size, device=runtime.device,
+                                  loop=False)
+
     def data_fingerprint(config):
-        return corpus_fingerprint(corpus_dir(config.home_path))
+        described = [(task.name, task.split, len(task), weight) for task, weight in mixture(config, "train")]
+        # SpellingBee draws its words from the corpus, so the corpus is part of this stage's data
+        return hashlib.sha256(repr((described, data_fingerprint_of_corpus(config))).encode()).hexdigest()
 
-    return Stage("base", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint)
+    return Stage(name, train_batches, val_batches, warmup_constant_warmdown, data_fingerprint, init_from=init_from)
 
 
-STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage}
+def data_fingerprint_of_corpus(config) -> str:
+    return corpus_fingerprint(corpus_dir(config.home_path))
+
+
+def generated_tasks(config, split: str) -> list[tuple[Task, float]]:
+    """The tasks picochat makes by code: arithmetic through the calculator, SpellingBee, identity (train only)."""
+    tasks = [(ArithmeticWithTool(split), 1.0), (SpellingBee.from_corpus(config.home_path, split), 1.0)]
+    return tasks + [(Identity(), 1.0)] if split == "train" else tasks
+
+
+def mid_stage() -> Stage:
+    """Mid-training: the chat template, tool use and the generated tasks, starting from base."""
+    return conversation_stage("mid", "base", generated_tasks)
+
+
+def sft_stage() -> Stage:
+    """Supervised fine-tuning: the same conversations, starting from mid."""
+    return conversation_stage("sft", "mid", generated_tasks)
+
+
+STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage}

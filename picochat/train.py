@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, load_latest, load_model_weights,
-                                 make_payload, resolve_resume, restore, save_checkpoint, set_aside_newer,
-                                 set_aside_previous_run)
+from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, list_checkpoints, load_latest,
+                                 load_model_weights, make_payload, resolve_resume, restore, save_checkpoint,
+                                 set_aside_newer, set_aside_previous_run)
 from picochat.common import (Runtime, UserError, atomic_write_text, launch_rank, picochat_home, print0,
                              setup_runtime, teardown_runtime)
 from picochat.config import build, describe, field_names, flag_name, option, require_at_least
@@ -162,12 +162,12 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     if resume is not None:
         check_fingerprints(resume[1], fingerprints)
     check_val_split(stage, tokenizer, config, runtime)
-    model_config = GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len,
-                                        config.head_dim, config.kv_head_ratio)
+    init = None if resume else load_init(config, stage)
+    model_config = model_shape(config, tokenizer, (resume or init or (None, None))[1])
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)
-    state, loader_state = start_state(config, stage, model, optimizers, runtime, out_dir, resume)
+    state, loader_state = start_state(stage, model, optimizers, runtime, out_dir, resume, init)
     train_loader = stage.train_batches(tokenizer, config, runtime, loader_state)
     tokens_per_step = config.device_batch_size * config.max_seq_len * runtime.world_size * grad_accum
     print_setup(config, optim_config, stage, runtime, model, grad_accum, tokens_per_step)
@@ -366,8 +366,31 @@ def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> in
 
 
 
-def start_state(config: TrainConfig, stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
-                resume: tuple[Path, dict] | None) -> tuple[TrainState, dict | None]:
+def load_init(config: TrainConfig, stage: Stage) -> tuple[Path, dict] | None:
+    """The newest good checkpoint of the stage this one starts from (mid from base, SFT from mid)."""
+    if not stage.init_from:
+        return None
+    directory = checkpoint_dir(config.home_path, stage.init_from)
+    if not list_checkpoints(directory):
+        raise UserError(f"--stage {stage.name} starts from the newest {stage.init_from} checkpoint, and there is "
+                        f"none in {directory}; run `picochat train --stage {stage.init_from}` first")
+    return load_latest(directory, mmap=True)
+
+
+def model_shape(config: TrainConfig, tokenizer, start: dict | None) -> GPTConfig:
+    """Base: from the flags. A later stage or a resume: from the checkpoint it starts from; only the
+    sequence length follows --max-seq-len (the rotary table is computed, not learnt)."""
+    if start is None:
+        return GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
+                                    config.kv_head_ratio)
+    if start["model_config"]["vocab_size"] != tokenizer.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size:,} tokens but the checkpoint this run starts from "
+                        f"has {start['model_config']['vocab_size']:,}; use the tokenizer it was trained with")
+    return GPTConfig(**{**start["model_config"], "sequence_len": config.max_seq_len})
+
+
+def start_state(stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
+                resume: tuple[Path, dict] | None, init: tuple[Path, dict] | None) -> tuple[TrainState, dict | None]:
     """Resume (everything), a later stage's start from an earlier stage (weights only), or a fresh start.
     Every rank has read its checkpoint before setup_runtime's rendezvous, so rank 0 may now move files."""
     if resume is not None:
@@ -379,10 +402,9 @@ def start_state(config: TrainConfig, stage: Stage, model: GPT, optimizers: list,
         return TrainState(**state), loader_state
     if runtime.is_main:
         set_aside_previous_run(out_dir)
-    if stage.init_from:
-        path, checkpoint = load_latest(checkpoint_dir(config.home_path, stage.init_from), runtime.device)
-        print0(f"starting from {stage.init_from} checkpoint {path}")
-        load_model_weights(model, checkpoint)
+    if init is not None:
+        print0(f"starting from {stage.init_from} checkpoint {init[0]}")
+        load_model_weights(model, init[1])
     return TrainState(), None
 
 

@@ -531,3 +531,63 @@ def test_a_stage_preset_with_an_unknown_setting_is_an_error(monkeypatch):
     with pytest.raises(ValueError, match="stage 'base' presets unknown setting\\(s\\): warmup_ratoi") as info:
         run(flags_dict("--num-iterations", "1"))
     assert not isinstance(info.value, UserError)
+
+
+# ---- later stages: mid and SFT on conversations ----------------------------------------------------------
+
+@pytest.fixture
+def chat_home(home) -> Path:
+    """The tiny home with a base and a mid checkpoint."""
+    run(flags_dict(*TINY, "--num-iterations", "4", "--home", str(home)))
+    run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "4", "--home", str(home)))
+    return home
+
+
+def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
+    run(flags_dict(*TINY, "--num-iterations", "4", "--home", str(home)))
+    run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "4", "--home", str(home)))
+    out = capsys.readouterr().out
+    assert f"starting from base checkpoint {home / 'checkpoints' / 'base' / 'step_000004.pt'}" in out
+    chat_home = home
+    state = run(flags_dict(*TINY, "--stage", "sft", "--depth", "3", "--max-seq-len", "64", "--num-iterations", "3",
+                           "--home", str(chat_home)))
+    assert state.step == 3
+    _, checkpoint = load_latest(chat_home / "checkpoints" / "sft")
+    # the shape came from mid's checkpoint (depth 1), not --depth 3; the sequence length from the flag
+    assert checkpoint["model_config"]["n_layer"] == 1 and checkpoint["model_config"]["sequence_len"] == 64
+    assert "starting from mid checkpoint" in capsys.readouterr().out
+
+
+def test_a_missing_previous_stage_names_the_command(home):
+    with pytest.raises(UserError, match=r"--stage sft starts from the newest mid checkpoint, and there is none in .*"
+                                        r"run `picochat train --stage mid` first"):
+        run(flags_dict(*TINY, "--stage", "sft", "--num-iterations", "1", "--home", str(home)))
+
+
+def test_all_masked_micro_batches_through_the_sft_stage_add_zero(chat_home):
+    """Rows of 8 tokens: some fall wholly inside a user's turn, so every target is masked. Such a step's
+    loss is exactly 0 and never NaN (a mean over zero tokens would be), and the run goes on."""
+    from picochat.data.conversations import ConversationLoader
+    from picochat.stages import generated_tasks
+    from picochat.tokenizer import load_tokenizer
+    config = train_module.TrainConfig(home=str(chat_home), seed=42)
+    loader = ConversationLoader(load_tokenizer(chat_home), generated_tasks(config, "train"), 1, 8, seed=42)
+    masked_steps = [step for step in range(1, 41) if (next(loader)[1] < 0).all()]
+    assert masked_steps, "no all-masked micro-batch in 40 steps: make the rows shorter"
+    run(flags_dict(*TINY, "--stage", "sft", "--device-batch-size", "1", "--max-seq-len", "8", "--num-iterations", "40",
+                   "--eval-every", "0", "--home", str(chat_home)))
+    got = losses(chat_home, "sft")
+    assert sorted(got) == list(range(1, 41))
+    assert all(got[step] == 0.0 for step in masked_steps)
+    assert all(got[step] > 0 for step in got if step not in masked_steps)
+
+
+def test_sft_resumes_exactly_after_an_interruption(chat_home, tmp_path, monkeypatch):
+    flags = (*TINY, "--stage", "sft", "--num-iterations", "10", "--save-every", "5", "--eval-every", "5")
+    reference = Path(shutil.copytree(chat_home, tmp_path / "reference"))
+    run(flags_dict(*flags, "--home", str(reference)))
+    with monkeypatch.context() as patch:
+        stop_after(patch, 4)
+        run(flags_dict(*flags, "--home", str(chat_home)))
+    run(flags_dict("--stage", "sft", "--resume", "--home", str(chat_home)))
+    assert losses(chat_home, "sft") == losses(reference, "sft") and len(losses(reference, "sft")) == 10
