@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, Sampling, inference_runtime
+from picochat.engine import Engine, LoadConfig, Sampling
 
 HELP = "/clear starts a new conversation, /quit or Ctrl-D leaves, Ctrl-C stops an answer"
 
@@ -22,18 +22,11 @@ HELP = "/clear starts a new conversation, /quit or Ctrl-D leaves, Ctrl-C stops a
 @dataclass
 class ChatConfig:
     prompt: str = option("", "one-shot: answer this prompt, print only the answer and exit", short="-p")
-    source: str = option("auto", "which stage to talk to (auto: the latest that has a checkpoint)",
-                         choices=("auto", "base", "mid", "sft", "rl"))
-    step: int = option(0, "checkpoint step to load (0: the newest good one)")
     temperature: float = option(0.6, "sampling temperature (0: greedy)")
     top_k: int = option(50, "sample from the k most likely tokens (0: all)")
     top_p: float = option(1.0, "sample from the smallest set of tokens with this much probability")
     max_tokens: int = option(512, "longest answer, in tokens")
     seed: int = option(-1, "random seed for sampling (-1: a new one for every answer)")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
-                        choices=("auto", "float32", "bfloat16"))
-    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.top_k, self.top_p, self.max_tokens,
@@ -43,9 +36,7 @@ class ChatConfig:
 def run(args) -> None:
     config = build(ChatConfig, args)
     sampling = config.sampling()  # checks the sampling flags before loading anything
-    runtime = inference_runtime(config.device, config.dtype)
-    source = "" if config.source == "auto" else config.source
-    engine = Engine.from_checkpoint(config.home or None, source, config.step, runtime, quiet=bool(config.prompt))
+    engine = Engine.load(build(LoadConfig, args), quiet=bool(config.prompt))
     if config.prompt:
         answer(engine, [{"role": "user", "content": config.prompt}], sampling)
         return

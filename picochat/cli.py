@@ -31,10 +31,10 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                             "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
     ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
-    ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig", "run",
+    ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig", "run",
                        "a chat model's accuracy on held-out tasks (arithmetic with the tool, SpellingBee)"),
-    ("chat", None): ("picochat.chat_cli", "ChatConfig", "run", "talk to a trained model in the terminal"),
-    ("serve", None): ("picochat.server", "ServeConfig", "run",
+    ("chat", None): ("picochat.chat_cli", "ChatConfig LoadConfig", "run", "talk to a trained model in the terminal"),
+    ("serve", None): ("picochat.server", "ServeConfig LoadConfig", "run",
                       "the web chat page and an OpenAI-compatible API on 127.0.0.1"),
 }
 

@@ -24,6 +24,7 @@ from picochat.calculator import calculate
 from picochat.chat import render_for_completion
 from picochat.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_latest
 from picochat.common import Runtime, UserError, autodetect_device, picochat_home, print0, setup_runtime
+from picochat.config import option
 from picochat.model import GPT, GPTConfig, KVCache
 from picochat.tokenizer import Tokenizer, load_tokenizer
 
@@ -65,6 +66,22 @@ def load_model(home: str | Path | None, source: str = "", step: int = 0,
     model.to(device).eval()
     info = {"stage": stage, "path": str(path), "step": checkpoint["train_state"]["step"]}
     return model, tokenizer, info
+
+
+@dataclass
+class LoadConfig:
+    """Which checkpoint to load and where to run it: the flags of every command that loads a model."""
+    source: str = option("auto", "which stage to load (auto: the latest that has a checkpoint)",
+                         choices=("auto", "base", "mid", "sft", "rl"))
+    step: int = option(0, "checkpoint step to load (0: the newest good one)")
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
+                        choices=("auto", "float32", "bfloat16"))
+    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
+
+    @property
+    def home_path(self) -> Path:
+        return picochat_home(self.home or None)
 
 
 def inference_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
@@ -134,6 +151,13 @@ class Engine:
         self.stop_ids = {special("<|assistant_end|>"), tokenizer.bos_id}
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+
+    @classmethod
+    def load(cls, config: LoadConfig, quiet: bool = False) -> "Engine":
+        """The engine for a command's LoadConfig flags."""
+        runtime = inference_runtime(config.device, config.dtype)
+        source = "" if config.source == "auto" else config.source
+        return cls.from_checkpoint(config.home_path, source, config.step, runtime, quiet)
 
     @classmethod
     def from_checkpoint(cls, home=None, source: str = "", step: int = 0, runtime: Runtime | None = None,

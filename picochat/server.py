@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, Sampling, TextStream, inference_runtime
+from picochat.engine import Engine, LoadConfig, Sampling, TextStream
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 MAX_MESSAGES = 64
@@ -36,15 +36,8 @@ MAX_SAMPLES = 8
 class ServeConfig:
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 exposes the server to your network)")
     port: int = option(8000, "port to listen on")
-    source: str = option("auto", "which stage to serve (auto: the latest that has a checkpoint)",
-                         choices=("auto", "base", "mid", "sft", "rl"))
-    step: int = option(0, "checkpoint step to load (0: the newest good one)")
     max_tokens: int = option(512, "the longest answer a request may ask for")
     max_queue: int = option(32, "requests admitted at once (one generating, the rest waiting); more get 429")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
-                        choices=("auto", "float32", "bfloat16"))
-    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -58,9 +51,7 @@ def run(args) -> None:
 
     config = build(ServeConfig, args)
     check_port_free(config.host, config.port)  # before the model loads: a taken port is a one-line error
-    runtime = inference_runtime(config.device, config.dtype)
-    engine = Engine.from_checkpoint(config.home or None, "" if config.source == "auto" else config.source,
-                                    config.step, runtime)
+    engine = Engine.load(build(LoadConfig, args))
     app = create_app(engine, config.max_tokens, config.max_queue)
     print(f"picochat serve: http://{config.host}:{config.port} (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -20,9 +20,9 @@ TINY_TRAIN_FLAGS = ("--max-seq-len 32 --device-batch-size 2 --compile false --dt
                     "--eval-tokens 256 --eval-every 0")
 
 
-def pipeline(home: Path, minutes: float) -> subprocess.Popen:
+def pipeline(home: Path, minutes: float, extra_flags: str = "") -> subprocess.Popen:
     env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
-           "BASE_MINUTES": str(minutes), "TRAIN_FLAGS": TINY_TRAIN_FLAGS,
+           "BASE_MINUTES": str(minutes), "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
            "HTTPS_PROXY": "http://127.0.0.1:9"}  # the GPT-2/GPT-4 vocab host probe fails at once
     return subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # own process group, like a terminal job
@@ -47,9 +47,9 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_next_run_resumes(fresh_home):
     base = fresh_home / "checkpoints" / "base"
-    run = pipeline(fresh_home, 0.25)
+    run = pipeline(fresh_home, 0.25, "--save-every 5")  # a first checkpoint early, however slow the machine
     deadline = time.monotonic() + 120
-    while not list(base.glob("step_*.pt")) and time.monotonic() < deadline:  # --save-every 50
+    while not list(base.glob("step_*.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the script and picochat both get it
     out = run.communicate(timeout=120)[0]
@@ -58,7 +58,7 @@ def test_ctrl_c_checkpoints_and_the_next_run_resumes(fresh_home):
     assert not (base / "done.json").exists()
     stopped_at = max(int(p.stem.split("_")[1]) for p in base.glob("step_*.pt"))
 
-    resumed = pipeline(fresh_home, 0.25)  # the same budget: a resume continues the same run
+    resumed = pipeline(fresh_home, 0.25, "--save-every 5")  # the same run: it continues
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
     assert "base: resuming the interrupted run" in out and f"step_{stopped_at:06d}.pt" in out

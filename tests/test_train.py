@@ -346,15 +346,22 @@ def stop_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(train_module, "StopSignal", StopAfter)
 
 
+def run_interrupted(home: Path, reference: Path, monkeypatch, flags: tuple, stop_at: int, *resume_flags: str):
+    """The run of `flags` uninterrupted in a copy of home at `reference`, and in home stopped after stop_at
+    steps, then resumed with `--resume` and resume_flags only. Returns the resumed run's final state."""
+    shutil.copytree(home, reference)
+    run(flags_dict(*flags, "--home", str(reference)))
+    with monkeypatch.context() as patch:
+        stop_after(patch, stop_at)
+        assert run(flags_dict(*flags, "--home", str(home))).step == stop_at
+    return run(flags_dict(*resume_flags, "--resume", "--home", str(home)))
+
+
 def test_resume_continues_the_same_run_with_its_own_settings(home, tmp_path, monkeypatch):
     """`picochat train --resume` and nothing else, as the README shows it: same LR curve, same losses."""
     flags = (*TINY, "--num-iterations", "12", "--warmdown-ratio", "0.5", "--eval-every", "4", "--save-every", "5")
-    reference = Path(shutil.copytree(home, tmp_path / "reference"))
-    run(flags_dict(*flags, "--home", str(reference)))
-    with monkeypatch.context() as patch:
-        stop_after(patch, 5)
-        assert run(flags_dict(*flags, "--home", str(home))).step == 5
-    state = run(flags_dict("--resume", "--home", str(home)))
+    reference = tmp_path / "reference"
+    state = run_interrupted(home, reference, monkeypatch, flags, 5)
     assert state.step == 12
     assert lrs(home) == lrs(reference) and min(lrs(home).values()) < 0.5  # the warmdown really ran
     assert losses(home) == losses(reference)
@@ -584,10 +591,6 @@ def test_all_masked_micro_batches_through_the_sft_stage_add_zero(chat_home):
 
 def test_sft_resumes_exactly_after_an_interruption(chat_home, tmp_path, monkeypatch):
     flags = (*TINY, "--stage", "sft", "--num-iterations", "10", "--save-every", "5", "--eval-every", "5")
-    reference = Path(shutil.copytree(chat_home, tmp_path / "reference"))
-    run(flags_dict(*flags, "--home", str(reference)))
-    with monkeypatch.context() as patch:
-        stop_after(patch, 4)
-        run(flags_dict(*flags, "--home", str(chat_home)))
-    run(flags_dict("--stage", "sft", "--resume", "--home", str(chat_home)))
+    reference = tmp_path / "reference"
+    run_interrupted(chat_home, reference, monkeypatch, flags, 4, "--stage", "sft")
     assert losses(chat_home, "sft") == losses(reference, "sft") and len(losses(reference, "sft")) == 10

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from picochat.common import atomic_write_text, picochat_home, print0
+from picochat.common import atomic_write_text, print0
 from picochat.config import build, option
-from picochat.engine import Engine, Sampling, inference_runtime
+from picochat.engine import Engine, LoadConfig, Sampling
 from picochat.tasks import Task
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.spelling_bee import SpellingBee
@@ -26,15 +26,8 @@ from picochat.tasks.spelling_bee import SpellingBee
 
 @dataclass
 class ChatEvalConfig:
-    source: str = option("auto", "which stage to evaluate (auto: the latest that has a checkpoint)",
-                         choices=("auto", "base", "mid", "sft", "rl"))
-    step: int = option(0, "checkpoint step to load (0: the newest good one)")
     max_problems: int = option(200, "problems per task at most (0: all)")
     max_tokens: int = option(128, "longest answer, in tokens")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
-                        choices=("auto", "float32", "bfloat16"))
-    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
 
 
 def chat_tasks(home) -> list[Task]:
@@ -56,10 +49,9 @@ def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int
 
 
 def run(args) -> dict:
-    config = build(ChatEvalConfig, args)
-    home = picochat_home(config.home or None)
-    engine = Engine.from_checkpoint(home, "" if config.source == "auto" else config.source, config.step,
-                                    inference_runtime(config.device, config.dtype))
+    config, load = build(ChatEvalConfig, args), build(LoadConfig, args)
+    engine = Engine.load(load)
+    home = load.home_path
     results = [evaluate_task(engine, task, config.max_problems, config.max_tokens) for task in chat_tasks(home)]
     print0("| task | problems | accuracy | +- stderr | seconds |\n|---|---:|---:|---:|---:|")
     for r in results:
