@@ -18,6 +18,7 @@ from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
 from picochat.tasks import Task
 from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.chitchat import ChitChat
 from picochat.tasks.identity import Identity
 from picochat.tasks.spelling_bee import SpellingBee
 
@@ -83,20 +84,22 @@ def data_fingerprint_of_corpus(config) -> str:
     return corpus_fingerprint(corpus_dir(config.home_path))
 
 
-def generated_tasks(config, split: str) -> list[tuple[Task, float]]:
-    """The tasks picochat makes by code: arithmetic through the calculator, SpellingBee, identity (train only)."""
-    tasks = [(ArithmeticWithTool(split), 1.0), (SpellingBee.from_corpus(config.home_path, split), 1.0)]
-    return tasks + [(Identity(), 1.0)] if split == "train" else tasks
+def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
+    """Everyday conversations (ChitChat) and the tasks picochat makes by code: arithmetic through the
+    calculator, SpellingBee, and identity (train only, twice per epoch)."""
+    tasks = [(ChitChat.from_package(config.home_path, split), 1.0), (ArithmeticWithTool(split), 1.0),
+             (SpellingBee.from_corpus(config.home_path, split), 1.0)]
+    return tasks + [(Identity(), 2.0)] if split == "train" else tasks
 
 
 def mid_stage() -> Stage:
-    """Mid-training: the chat template, tool use and the generated tasks, starting from base."""
-    return conversation_stage("mid", "base", generated_tasks)
+    """Mid-training: the chat template, conversations and tool use, starting from base."""
+    return conversation_stage("mid", "base", chat_mixture)
 
 
 def sft_stage() -> Stage:
     """Supervised fine-tuning: the same conversations, starting from mid."""
-    return conversation_stage("sft", "mid", generated_tasks)
+    return conversation_stage("sft", "mid", chat_mixture)
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage}

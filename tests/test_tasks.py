@@ -38,7 +38,7 @@ def test_arithmetic_reference_answers_use_the_tool_and_score_right():
 
 def test_arithmetic_train_and_eval_are_drawn_apart_and_repeatable():
     train, evals = ArithmeticWithTool("train"), ArithmeticWithTool("eval")
-    assert (len(train), len(evals)) == (20_000, 500)
+    assert (len(train), len(evals)) == (5_000, 500)
     assert train[5] == ArithmeticWithTool("train")[5]
     assert sum(train[i]["messages"][0] == evals[i]["messages"][0] for i in range(200)) < 5
 
@@ -82,3 +82,26 @@ def test_identity_is_training_only_and_names_picochat():
         Identity("eval")
     with pytest.raises(UserError, match="split must be one of train, eval"):
         ArithmeticWithTool("test")
+
+
+def test_chitchat_turns_become_user_and_assistant_messages():
+    from picochat.tasks.chitchat import to_conversation
+    say = lambda *texts: [{"text": text} for text in texts]
+    assert to_conversation([say("hi", "how are you?"), say("fine"), say("good")]) == {"messages": [
+        {"role": "user", "content": "hi\nhow are you?"}, {"role": "assistant", "content": "fine"}]}
+    assert to_conversation([say("only one speaker")]) is None
+    assert to_conversation([say(" "), say("x")]) is None  # an empty turn is dropped, leaving no exchange
+
+
+def test_chitchat_from_the_package_splits_by_conversation(tiny_home, tmp_path):
+    from picochat.tasks.chitchat import ChitChat
+    train, evals = ChitChat.from_package(tiny_home, "train"), ChitChat.from_package(tiny_home, "eval")
+    assert len(train) + len(evals) == 60 and len(evals) > 0  # the fake wheel of conftest.py
+    assert not {repr(c) for c in train.conversations} & {repr(c) for c in evals.conversations}
+    assert all(m["role"] == ("user", "assistant")[i % 2] for c in train.conversations
+               for i, m in enumerate(c["messages"]))
+    packages = tmp_path / "data" / "packages"
+    packages.mkdir(parents=True)
+    (packages / "chitchat_dataset-0.9.0-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is not the chitchat-dataset==0.9.0 wheel"):
+        ChitChat.from_package(tmp_path, "train")

@@ -575,10 +575,10 @@ def test_all_masked_micro_batches_through_the_sft_stage_add_zero(chat_home):
     """Rows of 8 tokens: some fall wholly inside a user's turn, so every target is masked. Such a step's
     loss is exactly 0 and never NaN (a mean over zero tokens would be), and the run goes on."""
     from picochat.data.conversations import ConversationLoader
-    from picochat.stages import generated_tasks
+    from picochat.stages import chat_mixture
     from picochat.tokenizer import load_tokenizer
     config = train_module.TrainConfig(home=str(chat_home), seed=42)
-    loader = ConversationLoader(load_tokenizer(chat_home), generated_tasks(config, "train"), 1, 8, seed=42)
+    loader = ConversationLoader(load_tokenizer(chat_home), chat_mixture(config, "train"), 1, 8, seed=42)
     masked_steps = [step for step in range(1, 41) if (next(loader)[1] < 0).all()]
     assert masked_steps, "no all-masked micro-batch in 40 steps: make the rows shorter"
     run(flags_dict(*TINY, "--stage", "sft", "--device-batch-size", "1", "--max-seq-len", "8", "--num-iterations", "40",

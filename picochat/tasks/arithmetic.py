@@ -37,7 +37,7 @@ class ArithmeticWithTool(Task):
 
     def __init__(self, split: str, size: int = 0):
         super().__init__(split)
-        self.size = size or (20_000 if split == "train" else 500)
+        self.size = size or (5_000 if split == "train" else 500)
 
     def __len__(self) -> int:
         return self.size

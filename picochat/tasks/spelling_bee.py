@@ -48,7 +48,7 @@ class SpellingBee(Task):
         self.words = sorted({w for w in words if WORD.fullmatch(w) and is_eval_word(w) == (split == "eval")})
         if not self.words:
             raise UserError(f"spelling_bee: no {split} words to make problems from")
-        self.size = size or (10_000 if split == "train" else 300)
+        self.size = size or (5_000 if split == "train" else 300)
 
     @classmethod
     def from_corpus(cls, home: str | Path, split: str, size: int = 0) -> "SpellingBee":
