@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # The whole picochat pipeline on one CPU, from a fresh clone:
-#   .venv -> pretraining data -> tokenizer -> base model -> (mid, SFT, evals, report: coming next)
-# Everything lands under $PICOCHAT_HOME (default ~/.cache/picochat). Re-running reuses what exists.
-# Knobs (environment): BASE_MINUTES (default 8), DEPTH (default 4), DATA_SOURCE (auto|offline|fineweb),
-# TRAIN_FLAGS (more `picochat train` flags, e.g. "--device-batch-size 8" where memory is short).
+#   .venv -> pretraining data -> tokenizer -> base model -> mid-training -> SFT -> chat evals
+#   (the report card comes next)
+# Everything lands under $PICOCHAT_HOME (default ~/.cache/picochat). Re-running skips finished stages and
+# resumes an interrupted one (Ctrl-C writes a checkpoint first); a stage whose predecessor was trained
+# again since is trained again too.
+# Knobs (environment): BASE_MINUTES (default 8), MID_MINUTES (2), SFT_MINUTES (2), DEPTH (4),
+# DATA_SOURCE (auto|offline|fineweb), EVAL_PROBLEMS (100 per task), TRAIN_FLAGS (more `picochat train`
+# flags for every stage, e.g. "--device-batch-size 8" where memory is short), FORCE_BASE / FORCE_MID /
+# FORCE_SFT=1 (train that stage again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
-BASE_MINUTES="${BASE_MINUTES:-8}"
 DEPTH="${DEPTH:-4}"
 SECONDS=0
 echo "== picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
 
-echo "== 1/3 pretraining data"
+echo "== 1/5 pretraining data"
 picochat data prepare --source "${DATA_SOURCE:-auto}"
 
-echo "== 2/3 tokenizer"
+echo "== 2/5 tokenizer"
 if [ -f "$PICOCHAT_HOME/tokenizer/tokenizer.json" ] && [ -z "${FORCE_TOKENIZER:-}" ]; then
     echo "tokenizer: already trained in $PICOCHAT_HOME/tokenizer (FORCE_TOKENIZER=1 retrains)"
 else
@@ -23,23 +27,42 @@ else
 fi
 picochat tokenizer eval
 
-echo "== 3/3 base model: depth $DEPTH, $BASE_MINUTES minutes of training"
-BASE_DIR="$PICOCHAT_HOME/checkpoints/base"
-# Checkpoint about once a minute, so even a kill -9 loses little; Ctrl-C checkpoints before it exits.
-# shellcheck disable=SC2206
-BASE_FLAGS=(--stage base --depth "$DEPTH" --time-budget "$BASE_MINUTES" --save-every 50 ${TRAIN_FLAGS:-})
-if [ -f "$BASE_DIR/done.json" ] && [ -z "${FORCE_BASE:-}" ]; then
-    echo "base: already trained ($BASE_DIR/done.json; FORCE_BASE=1 trains again)"
-elif compgen -G "$BASE_DIR/step_*.pt" >/dev/null && [ -z "${FORCE_BASE:-}" ]; then
-    echo "base: resuming the interrupted run"
-    picochat train "${BASE_FLAGS[@]}" --resume
-else
-    picochat train "${BASE_FLAGS[@]}"
-fi
-if [ ! -f "$BASE_DIR/done.json" ]; then  # stopped by Ctrl-C or a signal: a checkpoint was written
-    echo "base: stopped before the end; run this script again to resume"
-    exit 130
-fi
+# train_stage STAGE MINUTES PREVIOUS [flags]: skip the stage if it finished after PREVIOUS did, resume it
+# if it was interrupted since, else start it.
+train_stage() {
+    local stage=$1 minutes=$2 previous=$3
+    shift 3
+    local dir="$PICOCHAT_HOME/checkpoints/$stage" force_var="FORCE_${stage^^}"
+    local previous_done="$PICOCHAT_HOME/checkpoints/$previous/done.json"
+    # Checkpoint about once a minute, so even a kill -9 loses little. TRAIN_FLAGS come last: they win.
+    # shellcheck disable=SC2206
+    local flags=(--stage "$stage" --time-budget "$minutes" --save-every 50 "$@" ${TRAIN_FLAGS:-})
+    local newest
+    newest=$(ls -t "$dir"/step_*.pt 2>/dev/null | head -n 1 || true)
+    if [ -n "${!force_var:-}" ]; then
+        picochat train "${flags[@]}"
+    elif [ -f "$dir/done.json" ] && [ ! "$previous_done" -nt "$dir/done.json" ]; then
+        echo "$stage: already trained ($dir/done.json; $force_var=1 trains again)"
+    elif [ -n "$newest" ] && [ ! -f "$dir/done.json" ] && [ ! "$previous_done" -nt "$newest" ]; then
+        echo "$stage: resuming the interrupted run"
+        picochat train "${flags[@]}" --resume
+    else
+        picochat train "${flags[@]}"
+    fi
+    if [ ! -f "$dir/done.json" ] || [ "$previous_done" -nt "$dir/done.json" ]; then
+        echo "$stage: stopped before the end; run this script again to resume"  # Ctrl-C or a signal
+        exit 130
+    fi
+}
+
+echo "== 3/5 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
+train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
+echo "== 4/5 mid-training (${MID_MINUTES:-2} min), then SFT (${SFT_MINUTES:-2} min)"
+train_stage mid "${MID_MINUTES:-2}" base
+train_stage sft "${SFT_MINUTES:-2}" mid
+
+echo "== 5/5 chat evals"
+picochat eval chat --max-problems "${EVAL_PROBLEMS:-100}"
 
 echo "== done in $((SECONDS / 60))m $((SECONDS % 60))s"
-echo "Next (later releases of this script): mid-training, SFT, evals, report.md, then 'picochat chat'."
+echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

@@ -20,10 +20,12 @@ TINY_TRAIN_FLAGS = ("--max-seq-len 32 --device-batch-size 2 --compile false --dt
                     "--eval-tokens 256 --eval-every 0")
 
 
-def pipeline(home: Path, minutes: float, extra_flags: str = "") -> subprocess.Popen:
+def pipeline(home: Path, minutes: float, extra_flags: str = "", extra_env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
-           "BASE_MINUTES": str(minutes), "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
-           "HTTPS_PROXY": "http://127.0.0.1:9"}  # the GPT-2/GPT-4 vocab host probe fails at once
+           "BASE_MINUTES": str(minutes), "MID_MINUTES": "0.02", "SFT_MINUTES": "0.02", "EVAL_PROBLEMS": "2",
+           "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
+           "HTTPS_PROXY": "http://127.0.0.1:9",  # the GPT-2/GPT-4 vocab host probe fails at once
+           **(extra_env or {})}
     return subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # own process group, like a terminal job
 
@@ -35,13 +37,23 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert first.returncode == 0, out
     assert "data: corpus already in" in out and "tokenizer: already trained" in out
     assert "bytes/token" in out
-    done = json.loads((fresh_home / "checkpoints" / "base" / "done.json").read_text())
-    assert done["step"] > 0 and done["val_bpb"] > 0
+    for stage in ("base", "mid", "sft"):
+        done = json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())
+        assert done["step"] > 0 and done["val_bpb"] > 0, stage
+    results = json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["results"]
+    assert [r["problems"] for r in results] == [2, 2]
+    assert "Talk to it: picochat chat" in out
 
     again = pipeline(fresh_home, 0.05)
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out
-    assert "base: already trained" in out
+    assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft"))
+
+    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1"})  # a new mid makes the old SFT stale
+    out = retrained.communicate(timeout=300)[0]
+    assert retrained.returncode == 0, out
+    assert "base: already trained" in out and "sft: already trained" not in out
+    assert list((fresh_home / "checkpoints" / "sft").glob("previous-*"))  # the old SFT run, set aside
 
 
 @pytest.mark.slow
