@@ -28,10 +28,10 @@ def flags_dict(*flags: str) -> dict:
     return vars(parser.parse_args(list(flags)))
 
 
-def train_cli(home: Path, *flags: str, tiny: bool = True, **popen) -> subprocess.Popen:
-    """`picochat train [TINY] flags` in a subprocess with PICOCHAT_HOME=home; stdout and stderr merged."""
+def train_cli(home: Path, *flags: str, **popen) -> subprocess.Popen:
+    """`picochat train TINY flags` in a subprocess with PICOCHAT_HOME=home; stdout and stderr merged."""
     env = {**os.environ, "PICOCHAT_HOME": str(home)}
-    command = [sys.executable, "-m", "picochat.cli", "train", *(TINY if tiny else []), *flags]
+    command = [sys.executable, "-m", "picochat.cli", "train", *TINY, *flags]
     popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
     return subprocess.Popen(command, env=env, **popen)
 
