@@ -139,6 +139,14 @@ def restore(checkpoint: dict, model, optimizers: list, runtime: Runtime) -> tupl
     return checkpoint["train_state"], loaders[runtime.rank]
 
 
+def check_vocab(tokenizer, checkpoint: dict, path: Path) -> None:
+    """A model reads token ids: another tokenizer's ids would be silently wrong, so refuse it."""
+    trained_with, have = checkpoint["model_config"]["vocab_size"], tokenizer.vocab_size
+    if trained_with != have:
+        raise UserError(f"the tokenizer has {have:,} tokens but {path} was trained with {trained_with:,}; "
+                        "use the tokenizer it was trained with")
+
+
 def check_fingerprints(checkpoint: dict, current: dict) -> None:
     """Resuming on other data or another tokenizer would silently train a different run: refuse."""
     saved = checkpoint.get("fingerprints", {})

@@ -22,7 +22,7 @@ import torch
 
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
-from picochat.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_latest
+from picochat.checkpoint import check_vocab, checkpoint_dir, list_checkpoints, load_checkpoint, load_latest
 from picochat.common import Runtime, UserError, autodetect_device, picochat_home, print0, setup_runtime
 from picochat.config import option
 from picochat.model import GPT, GPTConfig, KVCache
@@ -57,11 +57,8 @@ def load_model(home: str | Path | None, source: str = "", step: int = 0,
     home = picochat_home(home)
     stage, path, checkpoint = find_checkpoint(home, source, step)
     tokenizer = load_tokenizer(home)
-    config = GPTConfig(**checkpoint["model_config"])
-    if tokenizer.vocab_size != config.vocab_size:
-        raise UserError(f"the tokenizer in {home / 'tokenizer'} has {tokenizer.vocab_size:,} tokens but {path} "
-                        f"was trained with {config.vocab_size:,}; use the tokenizer it was trained with")
-    model = GPT(config)
+    check_vocab(tokenizer, checkpoint, path)
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     info = {"stage": stage, "path": str(path), "step": checkpoint["train_state"]["step"]}
@@ -202,7 +199,7 @@ class Engine:
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """(N, T) ids -> (N, V) fp32 logits of the last position, through the cache."""
         with self.runtime.autocast():
-            return self.model(ids, kv_cache=cache)[:, -1, :].float()
+            return self.model.next_logits(ids, cache)
 
     def cache_dtype(self) -> torch.dtype:
         return self.runtime.dtype if self.runtime.device.type == "cuda" else torch.float32

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, list_checkpoints, load_latest,
-                                 load_model_weights, make_payload, resolve_resume, restore, save_checkpoint,
-                                 set_aside_newer, set_aside_previous_run)
+from picochat.checkpoint import (StageLock, check_fingerprints, check_vocab, checkpoint_dir, list_checkpoints,
+                                 load_latest, load_model_weights, make_payload, resolve_resume, restore,
+                                 save_checkpoint, set_aside_newer, set_aside_previous_run)
 from picochat.common import (Runtime, UserError, atomic_write_text, launch_rank, picochat_home, print0,
                              setup_runtime, teardown_runtime)
 from picochat.config import build, describe, field_names, flag_name, option, require_at_least
@@ -163,7 +163,7 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
         check_fingerprints(resume[1], fingerprints)
     check_val_split(stage, tokenizer, config, runtime)
     init = None if resume else load_init(config, stage)
-    model_config = model_shape(config, tokenizer, (resume or init or (None, None))[1])
+    model_config = model_shape(config, tokenizer, resume or init)
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)
@@ -377,16 +377,15 @@ def load_init(config: TrainConfig, stage: Stage) -> tuple[Path, dict] | None:
     return load_latest(directory, mmap=True)
 
 
-def model_shape(config: TrainConfig, tokenizer, start: dict | None) -> GPTConfig:
+def model_shape(config: TrainConfig, tokenizer, start: tuple[Path, dict] | None) -> GPTConfig:
     """Base: from the flags. A later stage or a resume: from the checkpoint it starts from; only the
     sequence length follows --max-seq-len (the rotary table is computed, not learnt)."""
     if start is None:
         return GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
                                     config.kv_head_ratio)
-    if start["model_config"]["vocab_size"] != tokenizer.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.vocab_size:,} tokens but the checkpoint this run starts from "
-                        f"has {start['model_config']['vocab_size']:,}; use the tokenizer it was trained with")
-    return GPTConfig(**{**start["model_config"], "sequence_len": config.max_seq_len})
+    path, checkpoint = start
+    check_vocab(tokenizer, checkpoint, path)
+    return GPTConfig(**{**checkpoint["model_config"], "sequence_len": config.max_seq_len})
 
 
 def start_state(stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
