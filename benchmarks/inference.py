@@ -54,9 +54,8 @@ def decode_without_cache(model: GPT, prompt: torch.Tensor, new_tokens: int, runt
     with torch.no_grad():
         for _ in range(new_tokens):
             with runtime.autocast():
-                hidden = model.trunk(ids)[:, -1:]
-                logits = model.lm_head(hidden).float()
-            ids = torch.cat([ids, logits.argmax(-1)], dim=1)
+                logits = model.next_logits(ids)
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return time.perf_counter() - start
 
 

@@ -183,12 +183,20 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 reduction: str = "sum") -> torch.Tensor:
         """With targets: the loss (sum over unmasked tokens, or per token with reduction='none').
-        Without: soft-capped fp32 logits (B, T, vocab) for generation."""
+        Without: soft-capped fp32 logits (B, T, vocab)."""
         x = self.trunk(idx, kv_cache)
         if targets is None:
-            logits = self.lm_head(x).float()
-            return self.config.softcap * torch.tanh(logits / self.config.softcap)
+            return self.capped_logits(x)
         return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction)
+
+    def next_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, vocab) logits of the last position only: all that generation needs, and the
+        vocab-sized matmul of a prompt's other positions is most of a small model's prefill."""
+        return self.capped_logits(self.trunk(idx, kv_cache)[:, -1])
+
+    def capped_logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x).float()
+        return self.config.softcap * torch.tanh(logits / self.config.softcap)
 
     # ---- accounting ------------------------------------------------------------------------------------
 
