@@ -65,7 +65,7 @@ def decode_with_cache(engine: Engine, prompt: list[int], new_tokens: int, sample
     start = time.perf_counter()
     first = None
     steps = 0
-    for _ in engine.generate(prompt, sampling, samples):
+    for _ in engine.generate([prompt], sampling, samples):
         steps += 1
         first = first or time.perf_counter() - start
     assert steps == new_tokens, "a row stopped early"

@@ -1,7 +1,8 @@
 """The inference engine: a checkpoint becomes a model that answers. The chat CLI, the web server, the
 evals and RL all sample through it; nothing else does.
 
-Generation prefills the prompt once, copies its KV cache to N rows, then feeds one token per row per step.
+Generation prefills the prompts once (several at a time, left-padded), copies each one's KV cache to its N
+sample rows, then feeds one token per row per step.
 Each row stops on its own (<|assistant_end|>, <|bos|> or max_tokens). When a row writes
 <|python_start|> expression <|python_end|>, the calculator (calculator.py) runs and the engine forces
 <|output_start|> result <|output_end|> into that row before it samples again.
@@ -168,25 +169,19 @@ class Engine:
         return engine
 
     @torch.no_grad()
-    def generate(self, prompt: list[int], sampling: Sampling, num_samples: int = 1) -> Iterator[list[int | None]]:
-        """Yield, per step, one new token per row (None for a row that has finished). Rows share the
-        prompt's prefill and stop independently."""
-        if not prompt:
-            raise UserError("the prompt is empty")
-        rows = [Row() for _ in range(num_samples)]
-        max_len = len(prompt) + sampling.max_tokens
-        if max_len > self.model.cos.size(1):
-            raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {sampling.max_tokens} exceeds the "
-                            f"model's context of {self.model.cos.size(1)} tokens")
+    def generate(self, prompts: list[list[int]], sampling: Sampling,
+                 num_samples: int = 1) -> Iterator[list[int | None]]:
+        """Yield, per step, one new token per row (None for a row that has finished). There is a row per
+        sample of each prompt, prompt-major; a prompt's samples share its prefill, rows stop independently."""
+        rows = [Row() for _ in range(len(prompts) * num_samples)]
         generator = torch.Generator(device=self.runtime.device)
         if sampling.seed is None:
             generator.seed()  # a fresh random seed for this generator only
         else:
             generator.manual_seed(sampling.seed)
-        cache = KVCache(self.model.config, 1, max_len, self.runtime.device, self.cache_dtype())
-        logits = self.forward(torch.tensor([prompt], device=self.runtime.device), cache)
+        logits, cache = self.prefill(prompts, sampling.max_tokens)
         cache.repeat_rows(num_samples)
-        logits = logits.expand(num_samples, -1)
+        logits = logits.repeat_interleave(num_samples, dim=0)
         for _ in range(sampling.max_tokens):
             sampled = sample_next(logits, sampling, generator).tolist()
             step = [self.advance(row, token) for row, token in zip(rows, sampled)]
@@ -195,6 +190,26 @@ class Engine:
                 return
             fed = [token if token is not None else self.tokenizer.bos_id for token in step]  # finished rows idle
             logits = self.forward(torch.tensor(fed, device=self.runtime.device)[:, None], cache)
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], max_new_tokens: int = 0) -> tuple[torch.Tensor, KVCache]:
+        """Next-token logits (N, V) after each prompt, and the cache holding the prompts with room for
+        max_new_tokens more. Shorter prompts are left-padded and the padding masked out: rotary attention
+        sees only relative positions, so a padded prompt gets the same logits as alone."""
+        if not prompts or not all(prompts):
+            raise UserError("the prompt is empty")
+        width = max(len(prompt) for prompt in prompts)
+        max_len = width + max_new_tokens
+        if max_len > self.model.cos.size(1):
+            raise UserError(f"prompt of {width} tokens + max_tokens {max_new_tokens} exceeds the "
+                            f"model's context of {self.model.cos.size(1)} tokens")
+        device = self.runtime.device
+        cache = KVCache(self.model.config, len(prompts), max_len, device, self.cache_dtype())
+        if any(len(prompt) < width for prompt in prompts):
+            starts = torch.tensor([width - len(prompt) for prompt in prompts], device=device)
+            cache.valid = torch.arange(max_len, device=device)[None, :] >= starts[:, None]
+        padded = [[self.tokenizer.bos_id] * (width - len(prompt)) + prompt for prompt in prompts]
+        return self.forward(torch.tensor(padded, device=device), cache), cache
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """(N, T) ids -> (N, V) fp32 logits of the last position, through the cache."""
@@ -229,7 +244,7 @@ class Engine:
     def stream(self, conversation: dict, sampling: Sampling) -> Iterator[str]:
         """Text deltas of one answer, as they are generated; never half of a multi-byte character."""
         text = TextStream(self.tokenizer)
-        for step in self.generate(self.prompt_ids(conversation), sampling):
+        for step in self.generate([self.prompt_ids(conversation)], sampling):
             if step[0] is not None:
                 delta = text.push(step[0])
                 if delta:
@@ -238,11 +253,11 @@ class Engine:
         if tail:
             yield tail
 
-    def complete(self, prompt: list[int], sampling: Sampling, num_samples: int = 1) -> list[dict]:
-        """Whole samples: {"tokens", "text", "finish_reason"} per row; "stop" when the row ended itself,
-        "length" when max_tokens cut it."""
-        tokens: list[list[int]] = [[] for _ in range(num_samples)]
-        for step in self.generate(prompt, sampling, num_samples):
+    def complete(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1) -> list[dict]:
+        """Whole samples, a row per sample of each prompt (prompt-major): {"tokens", "text", "finish_reason"};
+        "stop" when the row ended itself, "length" when max_tokens cut it."""
+        tokens: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
+        for step in self.generate(prompts, sampling, num_samples):
             for row_tokens, token in zip(tokens, step):
                 if token is not None:
                     row_tokens.append(token)

@@ -77,6 +77,9 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # tokens already cached
+        # (batch, max_len) True where a key is a real token; None when every row's tokens all are. Prompts
+        # of different lengths are left-padded into one batch, and no real token may attend to the padding.
+        self.valid: torch.Tensor | None = None
 
     def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
@@ -91,8 +94,19 @@ class KVCache:
         return keys, values
 
     def repeat_rows(self, n: int) -> None:
-        """One row (a prefilled prompt) becomes n identical rows, so n samples share one prefill."""
-        self.k, self.v = self.k.repeat(1, n, 1, 1, 1), self.v.repeat(1, n, 1, 1, 1)
+        """Each row (a prefilled prompt) becomes n identical rows in a row, so n samples share one prefill."""
+        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+        if self.valid is not None:
+            self.valid = self.valid.repeat_interleave(n, dim=0)
+
+    def attention_mask(self, Tq: int, Tk: int) -> torch.Tensor | None:
+        """The mask for Tq new queries over Tk keys when rows hold padding, else None. A padding query
+        still sees itself, so its (unused) output stays finite instead of a softmax over nothing."""
+        if self.valid is None:
+            return None
+        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=self.valid.device).tril(diagonal=Tk - Tq)
+        own = causal & ~causal.tril(diagonal=Tk - Tq - 1)
+        return (causal & self.valid[:, None, None, :Tk]) | own
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,10 +128,11 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.insert(self.layer, k, v)
         Tq, Tk = q.size(2), k.size(2)
-        mask = None
-        if Tq != Tk and Tq > 1:  # new tokens after a cached prefix: see the prefix plus a causal block
+        mask = kv_cache.attention_mask(Tq, Tk) if kv_cache is not None else None
+        if mask is None and Tq != Tk and Tq > 1:  # new tokens after a cached prefix: the prefix + a causal block
             mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(Tq == Tk and Tq > 1),
+        causal = mask is None and Tq == Tk and Tq > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_head != self.n_kv_head)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 

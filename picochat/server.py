@@ -146,7 +146,7 @@ class Job:
         streams = [TextStream(self.engine.tokenizer) for _ in range(self.samples)]
         texts, sent, finished = [""] * self.samples, [0] * self.samples, [False] * self.samples
         hold = max((len(stop) for stop in self.stops), default=1) - 1
-        for step in self.engine.generate(self.prompt, self.sampling, self.samples):
+        for step in self.engine.generate([self.prompt], self.sampling, self.samples):
             if cancel.is_set():
                 return
             for row, token in enumerate(step):

@@ -38,7 +38,7 @@ def test_one_shot_prints_only_the_answer(trained_home):
     done = chat(trained_home, "-p", "hi", "--temperature", "0", "--max-tokens", "20")
     assert done.returncode == 0, done.stderr
     engine = Engine.from_checkpoint(trained_home, runtime=setup_runtime("cpu", "float32"), quiet=True)
-    expected = engine.complete(engine.prompt_ids({"messages": [{"role": "user", "content": "hi"}]}),
+    expected = engine.complete([engine.prompt_ids({"messages": [{"role": "user", "content": "hi"}]})],
                                Sampling(temperature=0, max_tokens=20))[0]["text"]
     assert done.stdout == expected + "\n" and expected.strip()
 

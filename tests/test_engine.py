@@ -57,13 +57,13 @@ def without_cache(engine: Engine, prompt: list[int], max_tokens: int) -> list[in
 
 def test_greedy_with_the_cache_equals_the_full_forward(engine):
     prompt = engine.prompt_ids(hello())
-    cached = engine.complete(prompt, Sampling(temperature=0, max_tokens=40))[0]["tokens"]
+    cached = engine.complete([prompt], Sampling(temperature=0, max_tokens=40))[0]["tokens"]
     assert cached == without_cache(engine, prompt, 40) and len(cached) > 5
 
 
 def test_a_seed_reproduces_a_sample(engine):
     prompt = engine.prompt_ids(hello())
-    sample = lambda seed: engine.complete(prompt, Sampling(temperature=1.0, top_k=0, max_tokens=30, seed=seed))[0]
+    sample = lambda seed: engine.complete([prompt], Sampling(temperature=1.0, top_k=0, max_tokens=30, seed=seed))[0]
     assert sample(7)["tokens"] == sample(7)["tokens"]
     assert sample(7)["tokens"] != sample(8)["tokens"]
 
@@ -71,16 +71,41 @@ def test_a_seed_reproduces_a_sample(engine):
 def test_n_samples_share_one_prefill_and_match_single_samples_greedily(engine):
     prompt = engine.prompt_ids(hello())
     greedy = Sampling(temperature=0, max_tokens=20)
-    rows = engine.complete(prompt, greedy, num_samples=4)
-    single = engine.complete(prompt, greedy)[0]
+    rows = engine.complete([prompt], greedy, num_samples=4)
+    single = engine.complete([prompt], greedy)[0]
     assert all(row["tokens"] == single["tokens"] for row in rows)
+
+
+def test_prompts_of_different_lengths_batched_match_each_alone(engine):
+    prompts = [engine.prompt_ids(hello(text)) for text in ("Hi", "Hello there, how are you today?", "Why?")]
+    assert len({len(p) for p in prompts}) == 3  # the batch really is padded
+    logits, _ = engine.prefill(prompts)
+    for row, prompt in enumerate(prompts):
+        alone, _ = engine.prefill([prompt])
+        torch.testing.assert_close(logits[row], alone[0], rtol=1e-4, atol=1e-4)
+    greedy = Sampling(temperature=0, max_tokens=20)
+    batched = engine.complete(prompts, greedy, num_samples=2)
+    for index, prompt in enumerate(prompts):
+        alone = engine.complete([prompt], greedy)[0]["tokens"]
+        assert batched[2 * index]["tokens"] == batched[2 * index + 1]["tokens"] == alone
+
+
+def test_padding_is_invisible_to_the_real_tokens(engine):
+    """Without the mask, a padded prompt would attend to its padding and get other logits."""
+    short, long = engine.prompt_ids(hello("Hi")), engine.prompt_ids(hello("Hello there, how are you today?"))
+    logits, cache = engine.prefill([short, long])
+    pads = len(long) - len(short)
+    assert int((~cache.valid[0]).sum()) == pads and bool(cache.valid[1].all())
+    with torch.no_grad():
+        unmasked = engine.model.next_logits(torch.tensor([[engine.tokenizer.bos_id] * pads + short]))
+    assert not torch.allclose(unmasked[0], logits[0], atol=1e-3)
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_at_least_one_token(engine):
     prompt = engine.prompt_ids(hello())
-    greedy = engine.complete(prompt, Sampling(temperature=0, max_tokens=15))[0]["tokens"]
-    assert engine.complete(prompt, Sampling(temperature=1.0, top_k=1, max_tokens=15, seed=3))[0]["tokens"] == greedy
-    assert engine.complete(prompt, Sampling(temperature=1.0, top_k=0, top_p=1e-6, max_tokens=15,
+    greedy = engine.complete([prompt], Sampling(temperature=0, max_tokens=15))[0]["tokens"]
+    assert engine.complete([prompt], Sampling(temperature=1.0, top_k=1, max_tokens=15, seed=3))[0]["tokens"] == greedy
+    assert engine.complete([prompt], Sampling(temperature=1.0, top_k=0, top_p=1e-6, max_tokens=15,
                                             seed=3))[0]["tokens"] == greedy
 
 
@@ -113,7 +138,7 @@ def test_rows_stop_independently(tiny_tokenizer):
     prompt = [t.bos_id, 1, 2]
     scripts = [[word] * n + [end] for n in (2, 5, 9)] + [[word] * 50]  # the last row never stops
     engine = scripted_engine(t, scripts, prompt)
-    steps = list(engine.generate(prompt, Sampling(temperature=0, max_tokens=12), num_samples=4))
+    steps = list(engine.generate([prompt], Sampling(temperature=0, max_tokens=12), num_samples=4))
     assert len(steps) == 12
     for row, stops_after in enumerate((3, 6, 10, None)):
         column = [step[row] for step in steps]
@@ -122,14 +147,14 @@ def test_rows_stop_independently(tiny_tokenizer):
         else:
             assert column[:stops_after] == [word] * (stops_after - 1) + [end]
             assert column[stops_after:] == [None] * (12 - stops_after)
-    reasons = [r["finish_reason"] for r in engine.complete(prompt, Sampling(temperature=0, max_tokens=12), 4)]
+    reasons = [r["finish_reason"] for r in engine.complete([prompt], Sampling(temperature=0, max_tokens=12), 4)]
     assert reasons == ["stop", "stop", "stop", "length"]
 
 
 def test_generation_ends_when_every_row_has_stopped(tiny_tokenizer):
     t = tiny_tokenizer
     engine = scripted_engine(t, [[t.encode(" a")[0], t.bos_id]], [t.bos_id])
-    assert len(list(engine.generate([t.bos_id], Sampling(temperature=0, max_tokens=100), num_samples=3))) == 2
+    assert len(list(engine.generate([[t.bos_id]], Sampling(temperature=0, max_tokens=100), num_samples=3))) == 2
 
 
 @pytest.mark.parametrize("expression, result", [("12*3", "36"), ("9**9**9", "error: result too large"),
@@ -142,7 +167,7 @@ def test_the_calculator_result_is_forced_into_the_row(tiny_tokenizer, expression
     filler = [t.encode(" x")[0]] * len(forced)  # what the model "samples" while the tool output is fed
     script = call + filler + t.encode(" done") + [special("<|assistant_end|>")]
     prompt = [t.bos_id]
-    sample = scripted_engine(t, [script], prompt).complete(prompt, Sampling(temperature=0, max_tokens=100))[0]
+    sample = scripted_engine(t, [script], prompt).complete([prompt], Sampling(temperature=0, max_tokens=100))[0]
     assert sample["tokens"] == call + forced + t.encode(" done") + [special("<|assistant_end|>")]
     assert sample["text"].startswith(f"<<{expression}={result}") and sample["text"].endswith(">> done")
 
@@ -162,7 +187,7 @@ def test_text_stream_never_splits_a_character(tiny_tokenizer):
 def test_stream_yields_the_answer_as_text(engine):
     sampling = Sampling(temperature=0, max_tokens=25)
     streamed = "".join(engine.stream(hello(), sampling))
-    assert streamed == engine.complete(engine.prompt_ids(hello()), sampling)[0]["text"] and streamed
+    assert streamed == engine.complete([engine.prompt_ids(hello())], sampling)[0]["text"] and streamed
 
 
 def test_sampling_settings_are_checked():
@@ -173,7 +198,7 @@ def test_sampling_settings_are_checked():
 
 def test_a_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(UserError, match="exceeds the model's context"):
-        list(engine.generate([1] * 600, Sampling(max_tokens=100)))
+        list(engine.generate([[1] * 600], Sampling(max_tokens=100)))
 
 
 # ---- loading a checkpoint ------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ class Oracle:
     def prompt_ids(self, conversation):
         return conversation
 
-    def complete(self, prompt, sampling):
+    def complete(self, prompts, sampling):
+        (prompt,) = prompts
         index = next(i for i in range(len(self.task)) if self.task.prompt(i) == prompt)
         self.calls.append(index)
         answer = self.task[index]["answer"] if index % 3 else "-1"

@@ -79,7 +79,7 @@ def test_openai_client_whole_answer_with_usage(server, engine):
     answer = client(server).chat.completions.create(model="picochat", messages=HELLO, max_tokens=12,
                                                     temperature=0)
     choice = answer.choices[0]
-    expected = engine.complete(engine.prompt_ids({"messages": HELLO}), sampling(temperature=0, max_tokens=12))[0]
+    expected = engine.complete([engine.prompt_ids({"messages": HELLO})], sampling(temperature=0, max_tokens=12))[0]
     assert choice.message.role == "assistant" and choice.message.content == expected["text"]
     assert choice.finish_reason == expected["finish_reason"]
     assert answer.usage.prompt_tokens == len(engine.prompt_ids({"messages": HELLO}))

@@ -40,7 +40,7 @@ def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int
     sampling = Sampling(temperature=0, max_tokens=max_tokens)
     correct, start = 0, time.perf_counter()
     for index in tqdm(range(count), desc=task.name, leave=False, disable=None):  # no bar off a terminal
-        answer = engine.complete(engine.prompt_ids(task.prompt(index)), sampling)[0]["text"]
+        answer = engine.complete([engine.prompt_ids(task.prompt(index))], sampling)[0]["text"]
         correct += task.score(task[index], answer)
     accuracy = correct / count
     return {"task": task.name, "problems": count, "correct": correct, "accuracy": accuracy,
