@@ -34,17 +34,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, softcap, chunk_rows):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        # Built without in-place writes into the saved gradients: under torch.compile on CUDA (torch 2.11)
+        # writes like grad_x[rows] = ... were lost and every gradient came out zero.
+        total, grads_x, grad_w = torch.zeros((), dtype=torch.float32, device=x.device), [], None
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             losses, grad = _chunk_losses_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
-            total += losses.sum()
+            total = total + losses.sum()
             if needs_grad:
-                grad_x[rows] = grad @ weight  # autocast picks the matmul dtype
-                grad_w += grad.t() @ x[rows]
-        ctx.save_for_backward(grad_x, grad_w)
+                grads_x.append(grad @ weight)  # autocast picks the matmul dtype
+                chunk_w = (grad.t() @ x[rows]).float()
+                grad_w = chunk_w if grad_w is None else grad_w + chunk_w
+        ctx.save_for_backward(torch.cat(grads_x) if needs_grad else None, grad_w)
         return total
 
     @staticmethod

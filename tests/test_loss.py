@@ -67,3 +67,20 @@ def test_any_negative_target_is_ignored(reduction):
         x.grad = None
         reference.backward()
         assert torch.allclose(grad_x, x.grad, atol=1e-5)
+
+
+def test_compiled_model_gets_the_gradients_of_the_eager_one():
+    """Under torch.compile the loss's gradients, computed inside its forward, must still arrive. On CUDA
+    (torch 2.11) in-place writes into them were dropped and every gradient was zero; this checks the CPU."""
+    from picochat.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_embd=32, n_head=2, n_kv_head=2))
+    tokens = torch.randint(0, 64, (2, 33))
+    grads = []
+    for step_model in (model, torch.compile(model)):
+        step_model(tokens[:, :-1], tokens[:, 1:]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    eager, compiled = grads
+    assert eager.norm() > 0
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
