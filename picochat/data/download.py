@@ -2,7 +2,8 @@
 
 The first step of the pipeline when there is network. Shards land in $PICOCHAT_HOME/data/base/ in the
 format of shards.py, fetched in parallel, resumed after a dropped connection, retried with backoff, and
-recorded with their sha256 in manifest.json.
+recorded with their sha256 in manifest.json. As with huggingface_hub, $HF_ENDPOINT (a mirror) replaces
+https://huggingface.co, and $HF_TOKEN (else the token `hf auth login` saved) is sent to it, never elsewhere.
 
 What is checked when:
 - after each transfer: the byte count (Content-Length, Content-Range or Hugging Face's X-Linked-Size),
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import shutil
 import time
@@ -27,6 +29,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -34,7 +38,8 @@ from picochat.common import UserError, atomic_write_text, durable_replace, picoc
 from picochat.config import build, option
 from picochat.data.shards import MANIFEST, corpus_dir, file_sha256, open_shard, read_manifest, shard_name
 
-FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+HF_ENDPOINT = "https://huggingface.co"
+FINEWEB_URL = f"{HF_ENDPOINT}/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 FINEWEB_SHARDS = 1823   # shard_00000 .. shard_01822, ~100 MB each (~170 GB in all)
 SOURCE = "fineweb-edu"
 USER_AGENT = "picochat-download/0.1"
@@ -43,6 +48,9 @@ CHUNK_BYTES = 1 << 20   # 1 MiB reads: few syscalls, little memory per worker
 # What one failed attempt can raise: socket/HTTP errors (OSError, incl. URLError and timeouts),
 # a malformed HTTP response (HTTPException is not an OSError), or a file that is not a shard (ValueError).
 RETRYABLE = (OSError, http.client.HTTPException, ValueError)
+
+# A client error that no retry fixes: no access (401, 403) or no such file (404).
+PERMANENT_HTTP_ERRORS = (401, 403, 404)
 
 # An etag that is a sha256: 64 hex digits, usually quoted, maybe marked weak (W/"...").
 SHA256_ETAG = re.compile(r'(?:W/)?"?([0-9a-fA-F]{64})"?')
@@ -90,12 +98,44 @@ def shard_url(base_url: str, name: str) -> str:
 
 def url_reachable(url: str, timeout: float = 3.0) -> bool:
     """True if `url` answers a HEAD request with success within `timeout`."""
+    url = on_hub_endpoint(url)
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    _authorize(request)
     try:
         with urllib.request.urlopen(request, timeout=timeout):
             return True
     except (OSError, http.client.HTTPException):  # URLError, HTTPError and timeouts are all OSErrors
         return False
+
+
+def hub_endpoint() -> str:
+    """Where Hugging Face is: $HF_ENDPOINT (a mirror, read as huggingface_hub reads it) or huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+
+
+def on_hub_endpoint(url: str) -> str:
+    """A huggingface.co URL moved to $HF_ENDPOINT when that is set; any other URL as it is."""
+    if url == HF_ENDPOINT or url.startswith(HF_ENDPOINT + "/"):
+        return hub_endpoint() + url[len(HF_ENDPOINT):]
+    return url
+
+
+def hub_token() -> str | None:
+    """$HF_TOKEN, else the token `hf auth login` saved in $HF_HOME/token (~/.cache/huggingface/token)."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    saved = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "token"
+    if not saved.is_file():
+        return None
+    return saved.read_text().strip() or None
+
+
+def _authorize(request: urllib.request.Request) -> None:
+    """Send the hub token to the hub's own host, and never to a redirect elsewhere (urllib would forward
+    ordinary headers to Hugging Face's CDN, which refuses a signed URL that also carries a token)."""
+    token = hub_token()
+    if token and urlsplit(request.full_url).netloc == urlsplit(hub_endpoint()).netloc:
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
 
 
 def network_reachable(base_url: str = FINEWEB_URL, timeout: float = 3.0) -> bool:
@@ -107,9 +147,9 @@ def download_shards(indices, directory: str | Path, base_url: str = FINEWEB_URL,
                     retries: int = 5, timeout: float = 30.0, backoff: float = 1.0) -> list[Path]:
     """Download shards `indices` into `directory` (skipping valid ones), refresh the manifest, return paths.
 
-    Raises ConnectionError naming the first shard that failed all `retries` attempts.
+    Raises UserError naming the first shard that failed all `retries` attempts.
     """
-    directory = Path(directory)
+    directory, base_url = Path(directory), on_hub_endpoint(base_url)
     directory.mkdir(parents=True, exist_ok=True)
     recorded = _recorded_shards(directory)
     indices = list(indices)
@@ -150,7 +190,19 @@ def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str
     if _is_complete(final, entry):
         part.unlink(missing_ok=True)
         return entry or {"file": name, "bytes": final.stat().st_size}  # no sha256 yet: _write_manifest adds it
-    url = shard_url(base_url, name)
+    return {"file": name, **download_file(shard_url(base_url, name), final, check_shard, retries, timeout,
+                                          backoff)}
+
+
+def download_file(url: str, final: Path, check: Callable[[Path], object], retries: int = 5,
+                  timeout: float = 30.0, backoff: float = 1.0) -> dict:
+    """Fetch url into final (resuming final + ".part"), retrying with exponential backoff; the bytes must
+    match the sha256 the server published and pass `check` (which raises ValueError) before the rename.
+
+    Returns {"bytes", "sha256"} plus "server_sha256" when the server published one. Raises UserError
+    after `retries` failed attempts, or at once on 401, 403 or 404, chained to the last error.
+    """
+    part = final.with_name(f"{final.name}.part")
     last_error: BaseException | None = None
     for attempt in range(retries):
         if attempt:
@@ -158,15 +210,18 @@ def _download_one(index: int, directory: Path, base_url: str, recorded: dict[str
         try:
             published = _fetch(url, part, timeout)
             sha256 = _check_sha256(part, published)
-            _move_into_place(part, final)
-            entry = {"file": name, "bytes": final.stat().st_size, "sha256": sha256}
+            _move_into_place(part, final, check)
+            entry = {"bytes": final.stat().st_size, "sha256": sha256}
             if published:
                 entry["server_sha256"] = published  # the same hash, recorded as vouched for by the server
             return entry
         except RETRYABLE as error:
             last_error = error
-    raise UserError(f"could not download {name} from {url} after {retries} attempts: "
-                          f"{type(last_error).__name__}: {last_error}")
+            if isinstance(error, urllib.error.HTTPError) and error.code in PERMANENT_HTTP_ERRORS:
+                hint = " (set HF_TOKEN to a token allowed to read it)" if error.code in (401, 403) else ""
+                raise UserError(f"could not download {final.name} from {url}: {error}{hint}") from error
+    raise UserError(f"could not download {final.name} from {url} after {retries} attempts: "
+                    f"{type(last_error).__name__}: {last_error}") from last_error
 
 
 def _is_complete(path: Path, entry: dict | None) -> bool:
@@ -201,7 +256,10 @@ class _RedirectLog(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.headers.append(headers)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if redirected is not None:
+            _authorize(redirected)  # again if it stays on the hub (a renamed repo); never to the CDN
+        return redirected
 
 
 def _fetch(url: str, part: Path, timeout: float) -> str | None:
@@ -213,10 +271,11 @@ def _fetch(url: str, part: Path, timeout: float) -> str | None:
     headers = {"User-Agent": USER_AGENT}
     if have:
         headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    _authorize(request)
     redirects = _RedirectLog()
     try:
-        response = urllib.request.build_opener(redirects).open(urllib.request.Request(url, headers=headers),
-                                                               timeout=timeout)
+        response = urllib.request.build_opener(redirects).open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416:  # the partial file is already as long as the shard: start over cleanly
             part.unlink(missing_ok=True)
@@ -286,14 +345,21 @@ def _check_sha256(part: Path, published: str | None) -> str:
     return sha256
 
 
-def _move_into_place(part: Path, final: Path) -> None:
-    """Check the bytes form a shard, then fsync and rename, so `final` is never half a file."""
+def _move_into_place(part: Path, final: Path, check: Callable[[Path], object]) -> None:
+    """Check the bytes, then fsync and rename, so `final` is never half a file."""
     try:
-        open_shard(part)
-    except ValueError as error:
+        check(part)
+    except ValueError:
         part.unlink()  # complete but wrong bytes: resuming would keep them, so refetch from scratch
-        raise ValueError(f"not a parquet shard with a text column ({error.__cause__ or error})") from error
+        raise
     durable_replace(part, final)
+
+
+def check_shard(path: Path) -> None:
+    try:
+        open_shard(path)
+    except ValueError as error:
+        raise ValueError(f"not a parquet shard with a text column ({error.__cause__ or error})") from error
 
 
 def _write_manifest(directory: Path, base_url: str, entries: list[dict], recorded: dict[str, dict]) -> None:
