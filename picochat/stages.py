@@ -16,10 +16,18 @@ from picochat.data.conversations import ConversationLoader
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
-from picochat.tasks import Task
+from picochat.data.hub import hub_dir
+from picochat.tasks import Task, gsm8k, mmlu_auxiliary, smoltalk
 from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.chatterbot import ChatterBot
 from picochat.tasks.chitchat import ChitChat
+from picochat.tasks.gsm8k import GSM8K
 from picochat.tasks.identity import Identity
+from picochat.tasks.mathematics import Mathematics
+from picochat.tasks.mc_practice import MultipleChoicePractice
+from picochat.tasks.mmlu_auxiliary import MMLUAuxiliary
+from picochat.tasks.pretraining_text import PretrainingText
+from picochat.tasks.smoltalk import SmolTalk
 from picochat.tasks.spelling_bee import SpellingBee
 
 
@@ -85,20 +93,41 @@ def data_fingerprint_of_corpus(config) -> str:
 
 
 def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
-    """Everyday conversations (ChitChat) and the tasks picochat makes by code: arithmetic through the
-    calculator, SpellingBee, and identity (train only, twice per epoch)."""
-    tasks = [(ChitChat.from_package(config.home_path, split), 1.0), (ArithmeticWithTool(split), 1.0),
-             (SpellingBee.from_corpus(config.home_path, split), 1.0)]
+    """Conversations from PyPI packages (ChitChat, ChatterBot, mathematics problems), the tasks picochat
+    makes by code (multiple-choice practice, arithmetic through the calculator, SpellingBee, and identity,
+    train only, twice per epoch), and the online datasets where `picochat data download-chat` fetched them."""
+    home = config.home_path
+    tasks = [(ChitChat.from_package(home, split), 1.0), (ChatterBot.from_package(home, split), 1.0),
+             (Mathematics.from_package(home, split), 1.0), (MultipleChoicePractice.from_sources(home, split), 1.0),
+             (ArithmeticWithTool(split), 1.0), (SpellingBee.from_corpus(home, split), 1.0)]
+    tasks += downloaded_tasks(home, split)
     return tasks + [(Identity(), 2.0)] if split == "train" else tasks
 
 
+def mid_mixture(config, split: str) -> list[tuple[Task, float]]:
+    """The chat mixture plus a little of the pretraining corpus, so base knowledge is rehearsed."""
+    return chat_mixture(config, split) + [(PretrainingText.from_corpus(config.home_path, split), 1.0)]
+
+
+# Online datasets: (module with REPO and FILES, maker); a split counts only where its file was downloaded.
+# GSM8K's test split is an eval (tasks/gsm8k.py) and never part of a mixture.
+HUB_TASKS = [(smoltalk, lambda home, split: SmolTalk.from_hub(home, split)),
+             (mmlu_auxiliary, lambda home, split: MMLUAuxiliary.from_hub(home)),
+             (gsm8k, lambda home, split: GSM8K.from_hub(home))]
+
+
+def downloaded_tasks(home, split: str) -> list[tuple[Task, float]]:
+    return [(make(home, split), 1.0) for module, make in HUB_TASKS
+            if split in module.FILES and (hub_dir(home) / module.REPO / module.FILES[split]).exists()]
+
+
 def mid_stage() -> Stage:
-    """Mid-training: the chat template, conversations and tool use, starting from base."""
-    return conversation_stage("mid", "base", chat_mixture)
+    """Mid-training: the chat template, conversations, tool use and multiple choice, starting from base."""
+    return conversation_stage("mid", "base", mid_mixture)
 
 
 def sft_stage() -> Stage:
-    """Supervised fine-tuning: the same conversations, starting from mid."""
+    """Supervised fine-tuning: the same conversations (no plain text), starting from mid."""
     return conversation_stage("sft", "mid", chat_mixture)
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole picochat pipeline on one CPU, from a fresh clone:
-#   .venv -> pretraining data -> tokenizer -> base model -> mid-training -> SFT -> chat evals
+#   .venv -> pretraining data -> tokenizer -> base model -> base eval (CORE) -> mid-training -> SFT -> chat evals
 #   (the report card comes next)
 # Everything lands under $PICOCHAT_HOME (default ~/.cache/picochat). Re-running skips finished stages and
 # resumes an interrupted one (Ctrl-C writes a checkpoint first); a stage whose predecessor was trained
 # again since is trained again too.
 # Knobs (environment): BASE_MINUTES (default 8), MID_MINUTES (2), SFT_MINUTES (2), DEPTH (4),
-# DATA_SOURCE (auto|offline|fineweb), EVAL_PROBLEMS (100 per task), TRAIN_FLAGS (more `picochat train`
+# DATA_SOURCE (auto|offline|fineweb), CORE_PROBLEMS (50 per CORE task), EVAL_PROBLEMS (100 per chat task),
+# TRAIN_FLAGS (more `picochat train`
 # flags for every stage, e.g. "--device-batch-size 8" where memory is short), FORCE_BASE / FORCE_MID /
 # FORCE_SFT=1 (train that stage again).
 set -euo pipefail
@@ -16,10 +17,10 @@ DEPTH="${DEPTH:-4}"
 SECONDS=0
 echo "== picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
 
-echo "== 1/5 pretraining data"
+echo "== 1/6 pretraining data"
 picochat data prepare --source "${DATA_SOURCE:-auto}"
 
-echo "== 2/5 tokenizer"
+echo "== 2/6 tokenizer"
 if [ -f "$PICOCHAT_HOME/tokenizer/tokenizer.json" ] && [ -z "${FORCE_TOKENIZER:-}" ]; then
     echo "tokenizer: already trained in $PICOCHAT_HOME/tokenizer (FORCE_TOKENIZER=1 retrains)"
 else
@@ -55,14 +56,16 @@ train_stage() {
     fi
 }
 
-echo "== 3/5 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
+echo "== 3/6 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
 train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
-echo "== 4/5 mid-training (${MID_MINUTES:-2} min), then SFT (${SFT_MINUTES:-2} min)"
+echo "== 4/6 base eval: val bpb and CORE"
+picochat eval base --max-problems "${CORE_PROBLEMS:-50}"
+echo "== 5/6 mid-training (${MID_MINUTES:-2} min), then SFT (${SFT_MINUTES:-2} min)"
 train_stage mid "${MID_MINUTES:-2}" base
 train_stage sft "${SFT_MINUTES:-2}" mid
 
-echo "== 5/5 chat evals"
-picochat eval chat --max-problems "${EVAL_PROBLEMS:-100}"
+echo "== 6/6 chat evals of the SFT model"
+picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"
 
 echo "== done in $((SECONDS / 60))m $((SECONDS % 60))s"
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

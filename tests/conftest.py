@@ -6,15 +6,15 @@ their own copy of the home through `fresh_home`.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from fakes import write_fake_packages
 from picochat.data.shards import Document, corpus_dir, write_corpus
+from picochat.tasks.mathematics import PER_MODULE, problems_of_package
 from picochat.tokenizer import Tokenizer, tokenizer_dir
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but "
@@ -52,30 +52,15 @@ def tiny_tokenizer(corpus_documents) -> Tokenizer:
     return Tokenizer.train((d.text for d in corpus_documents), TINY_VOCAB)
 
 
-def write_fake_chitchat(packages: Path, documents: list[Document], count: int = 60) -> Path:
-    """A wheel shaped like chitchat-dataset 0.9.0 (dataset.json of two-speaker conversations), so the
-    conversation stages run offline and fast. Sentences of the fake documents make the turns."""
-    sentences = [s.strip() + "." for d in documents for s in d.text.split(".") if len(s.strip()) > 3]
-    dataset = {}
-    for index in range(count):
-        turns = [[{"text": sentences[(index * 7 + turn) % len(sentences)], "sender": "ab"[turn % 2]}]
-                 for turn in range(2 + index % 5)]
-        dataset[f"conversation-{index}"] = {"messages": turns}
-    packages.mkdir(parents=True, exist_ok=True)
-    wheel = packages / "chitchat_dataset-0.9.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("chitchat_dataset/dataset.json", json.dumps(dataset))
-    return wheel
-
-
 @pytest.fixture(scope="session")
 def tiny_home(tmp_path_factory, corpus_documents, tiny_tokenizer) -> Path:
-    """A read-only PICOCHAT_HOME: data/base with several train shards + val, tokenizer/, and a fake
-    chitchat-dataset wheel in data/packages for the conversation stages."""
+    """A read-only PICOCHAT_HOME: data/base with several train shards + val, tokenizer/, and fake
+    archives of every PyPI package picochat reads (chat data, eval data) in data/packages."""
     home = tmp_path_factory.mktemp("picochat_home")
     write_corpus(corpus_documents, corpus_dir(home), shard_bytes=40_000, description={"source": "offline"})
     tiny_tokenizer.save(tokenizer_dir(home))
-    write_fake_chitchat(home / "data" / "packages", corpus_documents)
+    write_fake_packages(home / "data" / "packages", corpus_documents)
+    problems_of_package(home, PER_MODULE)  # generated once here; each fresh_home copies the cache
     return home
 
 

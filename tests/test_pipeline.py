@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "local_cpu_train.sh"
-TINY_TRAIN_FLAGS = ("--max-seq-len 32 --device-batch-size 2 --compile false --dtype float32 "
+TINY_TRAIN_FLAGS = ("--max-seq-len 128 --device-batch-size 2 --compile false --dtype float32 "
                     "--eval-tokens 256 --eval-every 0")
 
 
 def pipeline(home: Path, minutes: float, extra_flags: str = "", extra_env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
            "BASE_MINUTES": str(minutes), "MID_MINUTES": "0.02", "SFT_MINUTES": "0.02", "EVAL_PROBLEMS": "2",
+           "CORE_PROBLEMS": "2",
            "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
            "HTTPS_PROXY": "http://127.0.0.1:9",  # the GPT-2/GPT-4 vocab host probe fails at once
            **(extra_env or {})}
@@ -41,7 +42,9 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
         done = json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())
         assert done["step"] > 0 and done["val_bpb"] > 0, stage
     results = json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["results"]
-    assert [r["problems"] for r in results] == [2, 2]
+    assert len(results) == 7 and all(r["problems"] == 2 for r in results)
+    core = json.loads((fresh_home / "evals" / "base_core.json").read_text())
+    assert core["stage"] == "base" and all(r["problems"] == 2 for r in core["results"])
     assert "Talk to it: picochat chat" in out
 
     again = pipeline(fresh_home, 0.05)

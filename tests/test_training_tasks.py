@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes import FEATURES_PARSED, FEATURES_YML, TRIVIA, write_fake_chatterbot, write_fake_mathematics
 from picochat.chat import render_conversation
 from picochat.common import UserError
 from picochat.tasks import chatterbot, mathematics
@@ -24,121 +25,6 @@ from picochat.tasks.arithmetic import NAMES
 from picochat.tasks.chatterbot import ChatterBot, conversations_of_package, read_corpus_yaml
 from picochat.tasks.mathematics import MODULES, Mathematics, problems_of_package
 from picochat.tasks.mc_practice import MultipleChoicePractice, Question
-
-# One file with every kind of item the real corpus has; its parse is written out by hand below.
-FEATURES_YML = """categories:
-- features
-- odd ones
-conversations:
-- - What is AI?
-  - Artificial Intelligence is a branch of science.
-- - What is AI?
-  - 'AI is the field that builds machines that think: says who?'
-- - Tell me a joke
-  - 'two vultures boarded a plane.  The  stewardess
-    stops them, it''s "carrion" only. '
-
-- - Define money
-  - standard pieces of gold, silver, copper, nickel, etc.
-    used as money.
-- - Who wrote it?
-  - "Fun fact: Janet, really."
-- - can you write code?
-  - |
-    Sure:
-
-    ```
-    def f():
-        return 1
-    ```
-- - Hello
-  - Hi
-  - How are you?
-  - Fine.
-  - Good to hear.
-- In a game of bingo, which number is "two little ducks"?
-  - '22'
-- - What is AI?
-  - Artificial Intelligence is a branch of science.
-"""
-FEATURES_PARSED = {
-    "categories": ["features", "odd ones"],
-    "conversations": [
-        ["What is AI?", "Artificial Intelligence is a branch of science."],
-        ["What is AI?", "AI is the field that builds machines that think: says who?"],
-        ["Tell me a joke", "two vultures boarded a plane.  The  stewardess stops them, it's \"carrion\" only. "],
-        ["Define money", "standard pieces of gold, silver, copper, nickel, etc. used as money."],
-        ["Who wrote it?", "Fun fact: Janet, really."],
-        ["can you write code?", "Sure:\n\n```\ndef f():\n    return 1\n```\n"],
-        ["Hello", "Hi", "How are you?", "Fine.", "Good to hear."],
-        "In a game of bingo, which number is \"two little ducks\"? - '22'",  # a broken entry stays a string
-        ["What is AI?", "Artificial Intelligence is a branch of science."],
-    ]}
-TRIVIA = 60  # questions in the fake trivia.yml, enough for an eval split
-
-
-def write_fake_chatterbot(packages: Path) -> Path:
-    """A wheel shaped like chatterbot-corpus 1.3.3: English YAML files, plus a Spanish one that is not read."""
-    trivia = "categories:\n- trivia\nconversations:\n" + "".join(
-        f"- - Which number comes after {n}?\n  - '{n + 1}'\n" for n in range(TRIVIA))
-    packages.mkdir(parents=True, exist_ok=True)
-    wheel = packages / "chatterbot_corpus-1.3.3-py2.py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("chatterbot_corpus/data/english/features.yml", FEATURES_YML)
-        archive.writestr("chatterbot_corpus/data/english/trivia.yml", trivia)
-        archive.writestr("chatterbot_corpus/data/spanish/trivia.yml", trivia.replace("Which", "Cuál"))
-    return wheel
-
-
-# The fake generator: every module the real one names, answers that are sums or True/False; one module's
-# questions are too long and must be dropped, as the package's own generate.py drops them.
-FAKE_MODULE = '''
-import random
-
-
-class Problem:
-    def __init__(self, question, answer):
-        self.question, self.answer = question, answer
-
-
-def make(group, name):
-    def sample():
-        a, b = random.randint(1, 10**6), random.randint(1, 10**6)
-        if name.startswith("is_"):
-            return Problem(f"Is {a} less than {b}?", a < b)
-        if name == "time":
-            return Problem("How long is this question? " * 10, 1)
-        return Problem(f"{group} {name}: what is {a} plus {b}?", a + b)
-    return sample
-
-
-class Modules(dict):
-    def __init__(self, group):
-        self.group = group
-
-    def __missing__(self, name):
-        return make(self.group, name)
-
-
-def train(entropy_fn):
-    assert entropy_fn((0, 3)) == (0, 1)  # the easy third
-    return Modules(__name__.rsplit(".", 1)[1])
-'''
-
-
-def write_fake_mathematics(packages: Path) -> None:
-    """Wheels named like mathematics-dataset 1.0.1 and the six and absl-py it imports."""
-    packages.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(packages / "mathematics_dataset-1.0.1-py3-none-any.whl", "w") as archive:
-        archive.writestr("mathematics_dataset/__init__.py", "")
-        archive.writestr("mathematics_dataset/modules/__init__.py", "")
-        for group in sorted({module.split("__")[0] for module in MODULES}):
-            archive.writestr(f"mathematics_dataset/modules/{group}.py", FAKE_MODULE)
-    for wheel, module in [("six-1.17.0-py2.py3-none-any.whl", "six.py"),
-                          ("absl_py-2.5.1-py3-none-any.whl", "absl/__init__.py")]:
-        with zipfile.ZipFile(packages / wheel, "w") as archive:
-            archive.writestr(module, "")
-
 
 @pytest.fixture(autouse=True)
 def fresh_caches():

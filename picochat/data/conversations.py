@@ -1,11 +1,15 @@
 """Conversation loader for mid-training and SFT: a weighted mixture of tasks -> packed (inputs, targets).
 
+An example is a conversation, rendered with the chat template, or a plain document {"text": ...} (the
+pretraining text of mid-training), every token of which is a target.
+
 Each epoch shuffles the mixture's examples with a seed of its own (a task of weight 2 appears twice per
 epoch), renders each with the chat template, and packs the ids into rows of seq_len + 1 tokens. Targets
 are IGNORE_INDEX wherever the loss mask is 0 (the user's turns, tool output), so only what the assistant
 says is trained. Each batch takes fresh tokens (unlike pretraining, the last target is not the next
-batch's first input: a conversation's first token, <|bos|>, is never a target anyway). Ranks take every world_size-th example. `state_dict()` names the next example and the
-token inside it, so a resumed run sees exactly the batches it would have seen.
+batch's first input: a conversation's first token, <|bos|>, is never a target anyway). Ranks take every
+world_size-th example. `state_dict()` names the next example and the token inside it, so a resumed run
+sees exactly the batches it would have seen.
 
     loader = ConversationLoader(tokenizer, [(ArithmeticWithTool("train"), 1.0)], batch_size=8, seq_len=512)
 """
@@ -43,6 +47,14 @@ def epoch_order(sizes: list[int], weights: list[float], epoch: int, seed: int) -
         order += [(task, i) for i in range(math.floor(size * part))]
     random.Random(f"{seed}-{epoch}").shuffle(order)
     return order
+
+
+def render_example(tokenizer, example: dict) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a conversation, or of a plain document whose every token after <|bos|> counts."""
+    if "text" in example:
+        ids = [tokenizer.bos_id] + tokenizer.encode(example["text"])
+        return ids[:MAX_TOKENS], ([0] + [1] * (len(ids) - 1))[:MAX_TOKENS]
+    return render_conversation(tokenizer, example, max_tokens=MAX_TOKENS)
 
 
 class ConversationLoader:
@@ -98,7 +110,7 @@ class ConversationLoader:
                 self.state = ConversationState(self.state.epoch + 1, 0, 0)
                 self.order = self._epoch(self.state.epoch)
             task, index = self.order[self.state.position]
-            self.current = render_conversation(self.tokenizer, self.tasks[task][index], max_tokens=MAX_TOKENS)
+            self.current = render_example(self.tokenizer, self.tasks[task][index])
         return self.current
 
     def _next_example(self) -> None:

@@ -15,6 +15,7 @@ import fcntl
 import re
 import urllib.error
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
@@ -22,7 +23,8 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from picochat.common import UserError, atomic_write_text
+from picochat.common import UserError, atomic_write_text, picochat_home
+from picochat.config import build, option
 from picochat.data.download import download_file, hub_endpoint
 from picochat.data.shards import file_sha256
 
@@ -64,6 +66,19 @@ def download_dataset_file(repo: str, path: str, directory: str | Path, revision:
             raise
         write_checksum(final, entry["sha256"])
     return final
+
+
+@dataclass
+class ChatDownloadConfig:
+    datasets: str = option(",".join(CHAT_DATASETS), "comma-separated datasets to fetch")
+    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
+
+
+def run(args) -> list[Path]:
+    """`picochat data download-chat`: mid-training and SFT then add these datasets to their mixture."""
+    config = build(ChatDownloadConfig, args)
+    names = tuple(name.strip() for name in config.datasets.split(",") if name.strip())
+    return download_chat_data(picochat_home(config.home or None), names)
 
 
 def download_chat_data(home: str | Path, names: tuple[str, ...] = CHAT_DATASETS,

