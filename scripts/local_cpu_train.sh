@@ -15,12 +15,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
 DEPTH="${DEPTH:-4}"
 SECONDS=0
-echo "== picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
+step() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # elapsed time, then the step
+step "picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
 
-echo "== 1/6 pretraining data"
+step "1/7 pretraining data"
 picochat data prepare --source "${DATA_SOURCE:-auto}"
 
-echo "== 2/6 tokenizer"
+step "2/7 tokenizer"
 if [ -f "$PICOCHAT_HOME/tokenizer/tokenizer.json" ] && [ -z "${FORCE_TOKENIZER:-}" ]; then
     echo "tokenizer: already trained in $PICOCHAT_HOME/tokenizer (FORCE_TOKENIZER=1 retrains)"
 else
@@ -56,16 +57,17 @@ train_stage() {
     fi
 }
 
-echo "== 3/6 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
+step "3/7 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
 train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
-echo "== 4/6 base eval: val bpb and CORE"
+step "4/7 base eval: val bpb and CORE"
 picochat eval base --max-problems "${CORE_PROBLEMS:-50}"
-echo "== 5/6 mid-training (${MID_MINUTES:-2} min), then SFT (${SFT_MINUTES:-2} min)"
+step "5/7 mid-training: ${MID_MINUTES:-2} minutes"
 train_stage mid "${MID_MINUTES:-2}" base
+step "6/7 SFT: ${SFT_MINUTES:-2} minutes"
 train_stage sft "${SFT_MINUTES:-2}" mid
 
-echo "== 6/6 chat evals of the SFT model"
+step "7/7 chat evals of the SFT model"
 picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"
 
-echo "== done in $((SECONDS / 60))m $((SECONDS % 60))s"
+step "done"
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"
