@@ -35,7 +35,8 @@ class Oracle:
         indices = [next(i for i in range(len(self.task)) if self.task.prompt(i) == p) for p in prompts]
         self.batches.append(indices)
         answers = [self.task[i]["answer"] if i % 3 else "-1" for i in indices]
-        return [{"text": f"... #### {answer}", "tokens": [], "finish_reason": "stop"} for answer in answers]
+        return [{"text": f"... #### {answer}", "tokens": [], "finish_reason": "length" if i == 5 else "stop"}
+                for i, answer in zip(indices, answers)]
 
 
 def test_accuracy_and_its_standard_error_over_batches():
@@ -47,6 +48,7 @@ def test_accuracy_and_its_standard_error_over_batches():
     assert result["accuracy"] == pytest.approx(8 / 12)
     assert result["stderr"] == pytest.approx(math.sqrt(8 / 12 * 4 / 12 / 12))
     assert result["centered"] == result["accuracy"]  # a free answer: guessing scores 0
+    assert result["stop_rate"] == 11 / 12  # problem 5 ran into max_tokens
 
 
 class Quiz(Task):
@@ -111,7 +113,7 @@ def test_eval_chat_writes_results_for_the_stage(fresh_home, capsys):
     assert [r["task"] for r in saved["results"]] == list(CHAT_TASKS)
     assert all(r["problems"] == min(3, len(CHAT_TASKS[r["task"]](fresh_home))) for r in saved["results"])
     assert all(0 <= r["accuracy"] <= 1 for r in saved["results"])
-    assert all(0 <= r["letter_rate"] <= 1 for r in saved["results"] if r["kind"] == "categorical")
+    assert all(0 <= r["letter_rate" if r["kind"] == "categorical" else "stop_rate"] <= 1 for r in saved["results"])
     assert saved["chatcore"] == pytest.approx(chat_core(saved["results"]))
     out = capsys.readouterr().out
     assert "| arithmetic | 3 |" in out and "ChatCORE" in out

@@ -5,7 +5,8 @@ Two kinds of task, both batched across problems:
   among the choices' letters. The model's unrestricted first token tells whether it would answer with a
   letter at all (`letter_rate`).
 - generative (GSM8K, HumanEval, SpellingBee, arithmetic): the engine answers greedily, the calculator
-  included, and the task scores the text (HumanEval runs the code in the sandbox).
+  included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
+  often the model ended its answer itself rather than running into --max-tokens.
 
 ChatCORE is the mean over tasks of the accuracy centred against random guessing, (acc - r) / (1 - r),
 with r = 1/choices for categorical tasks and 0 for generative ones. Every accuracy comes with its standard
@@ -65,30 +66,31 @@ def task_names(spec: str) -> list[str]:
 
 
 def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int, batch_size: int = 16) -> dict:
-    """Accuracy over the first max_problems problems, with its standard error (and, for a categorical
-    task, how often the model's own first token is one of the letters)."""
+    """Accuracy over the first max_problems problems, with its standard error, and how well the model
+    keeps the format: for a categorical task how often its own first token is one of the letters, for a
+    generative one how often it ends its answer itself."""
     count = min(len(task), max_problems) if max_problems else len(task)
     if count == 0:
         raise UserError(f"{task.name} has no problems to evaluate")
-    start, correct, letters = time.perf_counter(), 0, 0
+    start, correct, in_format = time.perf_counter(), 0, 0
     with tqdm(total=count, desc=task.name, leave=False, disable=None) as bar:  # no bar off a terminal
         for first in range(0, count, batch_size):
             indices = range(first, min(first + batch_size, count))
             prompts = [engine.prompt_ids(task.prompt(index)) for index in indices]
             if task.kind == "categorical":
                 right, said_letter = answer_by_letter(engine, [task[index] for index in indices], prompts)
-                correct, letters = correct + right, letters + said_letter
+                correct, in_format = correct + right, in_format + said_letter
             else:
                 answers = engine.complete(prompts, Sampling(temperature=0, max_tokens=max_tokens))
                 correct += sum(task.score(task[index], answer["text"]) for index, answer in zip(indices, answers))
+                in_format += sum(answer["finish_reason"] == "stop" for answer in answers)
             bar.update(len(indices))
     accuracy = correct / count
     result = {"task": task.name, "kind": task.kind, "problems": count, "correct": correct, "accuracy": accuracy,
               "stderr": math.sqrt(accuracy * (1 - accuracy) / count), "random_baseline": task.random_baseline,
               "centered": (accuracy - task.random_baseline) / (1 - task.random_baseline),
               "seconds": round(time.perf_counter() - start, 1), "source": task.source, "license": task.license}
-    if task.kind == "categorical":
-        result["letter_rate"] = letters / count
+    result["letter_rate" if task.kind == "categorical" else "stop_rate"] = in_format / count
     return result
 
 
@@ -124,12 +126,15 @@ def run(args) -> dict:
     home = load.home_path
     results = [evaluate_task(engine, CHAT_TASKS[name](home), config.max_problems, config.max_tokens,
                              config.batch_size) for name in names]
-    print0("| task | problems | accuracy | +- stderr | centred | seconds |\n|---|---:|---:|---:|---:|---:|")
+    print0("| task | problems | accuracy | +- stderr | centred | in format | seconds |\n"
+           "|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        in_format = r.get("letter_rate", r.get("stop_rate"))
         print0(f"| {r['task']} | {r['problems']} | {r['accuracy']:.1%} | {r['stderr']:.1%} | "
-               f"{r['centered']:.3f} | {r['seconds']} |")
+               f"{r['centered']:.3f} | {in_format:.0%} | {r['seconds']} |")
     report = {**engine.info, "chatcore": chat_core(results), "results": results}
-    print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {len(results)} tasks)")
+    print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {len(results)} tasks); in format: "
+           "the share of letter answers (multiple choice) or of answers the model ended itself")
     path = home / "evals" / f"{engine.info['stage']}_chat.json"
     atomic_write_text(path, json.dumps(report, indent=2))
     print0(f"results: {path}")
