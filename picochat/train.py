@@ -9,6 +9,7 @@ runs the same step on its own batches and the gradients are summed over ranks be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from picochat.checkpoint import (StageLock, check_fingerprints, check_vocab, checkpoint_dir, list_checkpoints,
                                  load_latest, load_model_weights, make_payload, resolve_resume, restore,
@@ -62,6 +64,9 @@ class TrainConfig:
     dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(True, "torch.compile the model (falls back to eager where it fails)")
+    grad_sync: str = option("overlap", "how gradients are summed over processes: overlap (DDP's bucketed "
+                            "all-reduces during the last backward) or after (one all-reduce per parameter "
+                            "after it)", choices=("overlap", "after"))
     seed: int = option(42, "random seed for the weight init")
     on_nonfinite: str = option("stop", "on a NaN/inf loss: stop, or skip that step", choices=("stop", "skip"))
     wandb: bool = option(False, "also log to Weights & Biases (when installed)")
@@ -262,7 +267,7 @@ def train_step(step_model: torch.nn.Module, model: GPT, optimizers: list, batche
     """One optimizer step over `batches` (the micro-batches of this rank); returns the step's mean loss.
     update_if(loss) may veto the update (a non-finite loss); the gradients are cleared either way."""
     loss = forward_backward(step_model, batches, runtime)
-    sum_gradients(model, runtime)
+    sum_gradients(step_model, model, runtime)
     update = update_if(loss)
     for optimizer in optimizers:
         if update:
@@ -275,32 +280,41 @@ def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtim
     """Accumulate gradients of sum(token losses) / (unmasked targets over all micro-batches and ranks).
 
     Counting first means an all-masked micro-batch adds exactly 0 to loss and gradients, never NaN.
-    Returns the step's mean loss over all ranks."""
+    Under DDP only the last micro-batch's backward syncs, and since DDP averages over ranks where we want
+    the sum, each rank's loss is scaled by world_size. Returns the step's mean loss over all ranks."""
     count = sum(valid_targets(targets).sum() for _, targets in batches)
     loss_sum = torch.zeros((), device=runtime.device)
     if runtime.distributed:
         dist.all_reduce(count)
-    scale = 1 / count.clamp(min=1)
-    for inputs, targets in batches:
-        with runtime.autocast():
-            loss = step_model(inputs, targets)
-        (loss * scale).backward()
+    ddp = ddp_of(step_model)
+    scale = (runtime.world_size if ddp else 1) / count.clamp(min=1)
+    for index, (inputs, targets) in enumerate(batches):
+        last = index == len(batches) - 1
+        with ddp.no_sync() if ddp and not last else contextlib.nullcontext():
+            with runtime.autocast():
+                loss = step_model(inputs, targets)
+            (loss * scale).backward()
         loss_sum += loss.detach()
     if runtime.distributed:
         dist.all_reduce(loss_sum)
     return (loss_sum / count.clamp(min=1)).item()
 
 
-def sum_gradients(model: GPT, runtime: Runtime) -> None:
-    """Sum every gradient over ranks: each rank's part is already divided by the global token count.
-
-    Plain all-reduces after the last micro-batch instead of a DDP wrapper: one visible step, no no_sync()
-    bookkeeping, and the place where a sharded optimizer would reduce-scatter instead."""
-    if not runtime.distributed:
+def sum_gradients(step_model: torch.nn.Module, model: GPT, runtime: Runtime) -> None:
+    """Sum every gradient over ranks, where DDP did not already do it during backward (--grad-sync after):
+    one all-reduce per parameter after the last micro-batch, nothing overlapped. Each rank's part is
+    already divided by the global token count."""
+    if not runtime.distributed or ddp_of(step_model):
         return
     pending = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters()]
     for work in pending:
         work.wait()
+
+
+def ddp_of(step_model: torch.nn.Module) -> DistributedDataParallel | None:
+    """The DDP wrapper under step_model (compiled or not), if gradients sync during backward."""
+    module = getattr(step_model, "_orig_mod", step_model)
+    return module if isinstance(module, DistributedDataParallel) else None
 
 
 def check_loss(loss: float, state: TrainState, config: TrainConfig) -> bool:
@@ -419,14 +433,19 @@ def print_setup(config: TrainConfig, optim_config: OptimConfig, stage: Stage, ru
 
 
 def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
-    """Start every rank from rank 0's weights, then compile where it works (checked with a warm-up step)."""
-    if runtime.distributed:
+    """Start every rank from rank 0's weights, wrap the model in DDP for --grad-sync overlap (its reducer
+    all-reduces ~25 MB buckets of gradients as backward produces them; compiled, dynamo splits the graph at
+    the buckets so the overlap survives), then compile where it works (checked with a warm-up step)."""
+    step_model: torch.nn.Module = model
+    if runtime.distributed and config.grad_sync == "overlap":
+        step_model = DistributedDataParallel(model, broadcast_buffers=False, gradient_as_bucket_view=True)
+    elif runtime.distributed:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
-    return try_compile(model, config, runtime) if config.compile else model
+    return try_compile(step_model, config, runtime) if config.compile else step_model
 
 
-def try_compile(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
+def try_compile(model: torch.nn.Module, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
     """torch.compile needs a C++ compiler (CPU) or Triton (GPU); without them, train eager, never crash."""
     compiled = torch.compile(model)
     # Two distinct tensors, as in training: passing one for both makes dynamo guard on `idx is targets`

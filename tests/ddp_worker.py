@@ -1,5 +1,6 @@
 """Run by test_train.py under torchrun (2 processes, gloo): a few training steps on fixed batches with the
-gradients summed over ranks as the training loop does; then rank 0 repeats them in one process with
+gradients summed over ranks as the training loop does, once per --grad-sync mode (overlap: DDP; after:
+all-reduces), with one micro-batch per rank and with two (gradient accumulation: DDP's no_sync path); then rank 0 repeats them in one process with
 gradient accumulation over both ranks' batches. Rank 1 starts from other weights: prepare_model must
 replace them with rank 0's. Each run saves the gradients of its first step (before any update) and its
 final model and optimizer state dicts, for the test to compare tensor by tensor.
@@ -19,8 +20,8 @@ from picochat.optim import OptimConfig, build_optimizers
 from picochat.train import TrainConfig, forward_backward, prepare_model, sum_gradients, train_step
 
 
-def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1000 * step + rank)
+def batches_for(rank: int, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 * step + 10 * micro + rank)
     inputs = torch.randint(0, 64, (2, 16), generator=generator)
     targets = torch.randint(0, 64, (2, 16), generator=generator)
     if rank == 1:
@@ -28,16 +29,16 @@ def batches_for(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def train(runtime: Runtime, model: GPT, ranks_per_step: list[int]) -> dict:
-    step_model = prepare_model(model, TrainConfig(compile=False), runtime)
+def train(runtime: Runtime, model: GPT, ranks_per_step: list[int], grad_sync: str = "overlap",
+          micro_batches: int = 1) -> dict:
+    step_model = prepare_model(model, TrainConfig(compile=False, grad_sync=grad_sync), runtime)
     optimizers = build_optimizers(model, OptimConfig(), torch.float32)
-    first = [batches_for(r, 0) for r in ranks_per_step]
-    forward_backward(step_model, first, runtime)  # the first step's gradients, before any update
-    sum_gradients(model, runtime)
+    batches = lambda step: [batches_for(r, step, m) for r in ranks_per_step for m in range(micro_batches)]
+    forward_backward(step_model, batches(0), runtime)  # the first step's gradients, before any update
+    sum_gradients(step_model, model, runtime)
     gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    losses = [train_step(step_model, model, optimizers, [batches_for(r, step) for r in ranks_per_step], runtime)
-              for step in range(4)]
+    losses = [train_step(step_model, model, optimizers, batches(step), runtime) for step in range(4)]
     return {"losses": losses, "gradients": gradients, "model": model.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in optimizers]}
 
@@ -49,7 +50,10 @@ def fresh_model(seed: int = 0) -> GPT:
 
 def main(out: Path) -> None:
     runtime = setup_runtime("cpu", "float32")
-    torch.save(train(runtime, fresh_model(seed=runtime.rank), [runtime.rank]), out / f"rank{runtime.rank}.pt")
+    for grad_sync in ("overlap", "after"):
+        for micro_batches in (1, 2):
+            torch.save(train(runtime, fresh_model(seed=runtime.rank), [runtime.rank], grad_sync, micro_batches),
+                       out / f"{grad_sync}-{micro_batches}-rank{runtime.rank}.pt")
     if runtime.rank == 0:
         single_runtime = Runtime(torch.device("cpu"), torch.float32)
         torch.save(train(single_runtime, fresh_model(), [0, 1]), out / "single.pt")

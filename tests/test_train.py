@@ -488,22 +488,31 @@ def tensors(tree) -> list[tuple[str, torch.Tensor]]:
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
     """2 gloo processes equal 1 process accumulating both ranks' batches: the first step's gradients,
-    every loss, and every parameter and optimizer buffer after 4 steps. Averaging the gradients over
-    ranks instead of summing them halves the first gradients and fails here (checked by breaking
-    sum_gradients once). ddp_worker.py feeds both runs identical batches."""
+    every loss, and every parameter and optimizer buffer after 4 steps, whether DDP syncs the gradients
+    during backward (overlap) or all-reduces follow it (after). Averaging the gradients over ranks instead
+    of summing them halves the first gradients and fails here (checked by breaking sum_gradients once, and
+    DDP's loss scale once). With gradient accumulation the two modes agree to the bit. ddp_worker.py feeds
+    all runs identical batches."""
     worker = Path(__file__).parent / "ddp_worker.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(worker), str(tmp_path)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    rank0, rank1, single = (torch.load(tmp_path / name, weights_only=True) for name in ("rank0.pt", "rank1.pt", "single.pt"))
-    assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
+    single = load("single")
+    for grad_sync in ("overlap", "after"):
+        rank0, rank1 = load(f"{grad_sync}-1-rank0"), load(f"{grad_sync}-1-rank1")
+        assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
+        for key in ("gradients", "model", "optimizers"):
+            ours, theirs, other_rank = tensors(rank0[key]), tensors(single[key]), tensors(rank1[key])
+            assert [path for path, _ in ours] == [path for path, _ in theirs] and len(ours) > 10
+            for (path, a), (_, b), (_, c) in zip(ours, theirs, other_rank):
+                assert torch.equal(a, c), f"{grad_sync}: ranks differ at {key}/{path}"
+                assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-7), f"{grad_sync}: {key}/{path}"
+    overlap, after = load("overlap-2-rank0"), load("after-2-rank0")
+    assert overlap["losses"] == after["losses"]
     for key in ("gradients", "model", "optimizers"):
-        ours, theirs, other_rank = tensors(rank0[key]), tensors(single[key]), tensors(rank1[key])
-        assert [path for path, _ in ours] == [path for path, _ in theirs] and len(ours) > 10
-        for (path, a), (_, b), (_, c) in zip(ours, theirs, other_rank):
-            assert torch.equal(a, c), f"ranks differ at {key}/{path}"
-            assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-7), f"{key}/{path}"
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tensors(overlap[key]), tensors(after[key]))), key
 
 
 @pytest.mark.slow
