@@ -37,6 +37,8 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                        "a base model's val bpb and CORE score (few-shot HellaSwag, PIQA, ARC, ...)"),
     ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig", "run",
                        "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic; ChatCORE"),
+    ("report", None): ("picochat.report", "ReportConfig", "run",
+                       "report.md with plots, from the stages' and evals' JSON files (re-runs nothing)"),
     ("chat", None): ("picochat.chat_cli", "ChatConfig LoadConfig", "run", "talk to a trained model in the terminal"),
     ("serve", None): ("picochat.server", "ServeConfig LoadConfig", "run",
                       "the web chat page and an OpenAI-compatible API on 127.0.0.1"),

