@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# picochat's production recipe, nanochat's speedrun: a depth-20 model (~561M parameters) on one GPU machine
+# (1-8 GPUs), from a fresh clone: .venv -> FineWeb-Edu data + 65,536-token tokenizer (scripts/prepare_data.sh)
+# -> base (torchrun) -> CORE eval -> mid -> SFT -> chat evals -> report (-> RL with RUN_RL=1).
+#   bash speedrun.sh --dry-run            # every command with its resolved settings; runs nothing, no GPU needed
+#   screen -L -Logfile speedrun.log bash speedrun.sh   # the real run: hours, so keep it out of the terminal
+# Every GPU count trains the same model on the same batches: each optimizer step takes TOTAL_BATCH_SIZE tokens,
+# and train.py makes up what the GPUs do not hold at once with gradient accumulation, grad_accum =
+# TOTAL_BATCH_SIZE / (DEVICE_BATCH_SIZE x MAX_SEQ_LEN x GPUs): 1 step on 8 GPUs, 8 micro-steps on one.
+# One GPU is then 8x slower, not worse. Re-running skips finished stages and evals and resumes an interrupted
+# stage (Ctrl-C or SIGTERM make it checkpoint first; a crash loses at most SAVE_EVERY steps).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NAME=speedrun.sh
+die() { echo "$NAME: error: $*" >&2; exit 2; }
+
+usage() {
+    cat <<EOF
+usage: bash speedrun.sh [--dry-run] [--gpus N] [--help]
+
+  --dry-run   print every command with its resolved settings and run nothing; works without a GPU
+              (then it assumes --gpus, NGPU or 8 GPUs and says so)
+  --gpus N    use N GPUs of this machine (default: all that nvidia-smi lists)
+
+Knobs (environment variables; a flag wins over its variable):
+  NGPU               GPUs to use, like --gpus
+  PICOCHAT_HOME      artifact root (default ~/.cache/picochat): data, tokenizer, checkpoints, evals, report
+  DEPTH              Transformer blocks; width is 64 x DEPTH (default 20, ~561M parameters)
+  NUM_SHARDS         FineWeb-Edu shards (default 240: enough for d20 at 20 tokens/parameter; ~450 for d26)
+  VOCAB_SIZE         tokenizer vocabulary (default 65536)
+  DEVICE_BATCH_SIZE  sequences per GPU per micro-step in base and mid (default 32; lower it if memory is
+                     short: gradient accumulation keeps the total batch)
+  MAX_SEQ_LEN        tokens per sequence (default 2048)
+  TOTAL_BATCH_SIZE   tokens per optimizer step in base and mid (default 524288)
+  MID_ITERATIONS     mid-training steps (default 500, about one pass over the chat mixture with SmolTalk)
+  SFT_ITERATIONS     SFT steps (default 300)
+  SFT_DEVICE_BATCH_SIZE, SFT_TOTAL_BATCH_SIZE   SFT's batch (defaults 4 and 65536)
+  SAVE_EVERY         steps between checkpoints, so a crash or preemption loses little (default 1000)
+  CORE_PROBLEMS      items per CORE task in the base eval (default 0: all)
+  EVAL_PROBLEMS      problems per chat eval task (default 0: all)
+  RUN_RL             1: also run the RL stage (when this picochat has one) and evaluate it (default 0)
+  WANDB_RUN          a name: log every stage to Weights & Biases, grouped under it (unset or "dummy": off)
+  TRAIN_FLAGS        more \`picochat train\` flags for every stage, e.g. "--compile false"
+  FORCE_BASE, FORCE_MID, FORCE_SFT, FORCE_RL   1: train that stage again
+  FORCE_EVAL         1: run the evals again even where their results are newer than the checkpoint
+  TORCH_ELASTIC_SHUTDOWN_TIMEOUT   seconds torchrun gives its workers to checkpoint after Ctrl-C or SIGTERM
+                     before it kills them (default here 300; torchrun's own is 30)
+  NUM_SHARDS, VOCAB_SIZE, DOWNLOAD_WORKERS, CHAT_DATA, FORCE_TOKENIZER, HF_ENDPOINT, HF_TOKEN go to
+  scripts/prepare_data.sh (run it first on a login node when GPU nodes have no internet).
+  PICOCHAT_TORCH     what scripts/setup_env.sh installs as torch (default torch==2.13.0, PyPI's CUDA build on
+                     Linux); where pip would get a CPU build: "torch==2.13.0 --index-url
+                     https://download.pytorch.org/whl/<cuda tag>". PIP_INDEX_URL and other PIP_* reach pip too.
+EOF
+}
+
+DRY_RUN="" GPUS_FLAG=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; GPUS_FLAG=$2; shift ;;
+        --gpus=*) GPUS_FLAG=${1#--gpus=} ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see bash speedrun.sh --help)" ;;
+    esac
+    shift
+done
+
+export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
+export NUM_SHARDS="${NUM_SHARDS:-240}" VOCAB_SIZE="${VOCAB_SIZE:-65536}"
+DEPTH="${DEPTH:-20}"
+DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-32}"
+MAX_SEQ_LEN="${MAX_SEQ_LEN:-2048}"
+TOTAL_BATCH_SIZE="${TOTAL_BATCH_SIZE:-524288}"
+MID_ITERATIONS="${MID_ITERATIONS:-500}"
+SFT_ITERATIONS="${SFT_ITERATIONS:-300}"
+SFT_DEVICE_BATCH_SIZE="${SFT_DEVICE_BATCH_SIZE:-4}"
+SFT_TOTAL_BATCH_SIZE="${SFT_TOTAL_BATCH_SIZE:-65536}"
+SAVE_EVERY="${SAVE_EVERY:-1000}"
+CORE_PROBLEMS="${CORE_PROBLEMS:-0}"
+EVAL_PROBLEMS="${EVAL_PROBLEMS:-0}"
+RUN_RL="${RUN_RL:-0}"
+WANDB_RUN="${WANDB_RUN:-}"
+for knob in NUM_SHARDS VOCAB_SIZE DEPTH DEVICE_BATCH_SIZE MAX_SEQ_LEN TOTAL_BATCH_SIZE MID_ITERATIONS \
+            SFT_ITERATIONS SFT_DEVICE_BATCH_SIZE SFT_TOTAL_BATCH_SIZE SAVE_EVERY; do
+    [[ "${!knob}" =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive whole number, got '${!knob}'"
+done
+for knob in CORE_PROBLEMS EVAL_PROBLEMS; do
+    [[ "${!knob}" =~ ^[0-9]+$ ]] || die "$knob must be a whole number (0: all), got '${!knob}'"
+done
+[[ "$RUN_RL" =~ ^[01]$ ]] || die "RUN_RL must be 0 or 1, got '$RUN_RL'"
+
+# ---- GPUs: the flag, else NGPU, else all that nvidia-smi lists; a dry run without any assumes 8
+DETECTED=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)
+NGPU="${NGPU:-}"
+[ -z "$GPUS_FLAG" ] || NGPU=$GPUS_FLAG
+[ -z "$NGPU" ] || [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || die "--gpus / NGPU must be a positive whole number, got '$NGPU'"
+if (( DETECTED == 0 )); then
+    [ -n "$DRY_RUN" ] || die "no NVIDIA GPU here (nvidia-smi -L lists none); this is the GPU recipe: on a CPU run \
+scripts/local_cpu_train.sh, or see the commands with bash speedrun.sh --dry-run"
+    GPU_NOTE="assumed: no GPU on this machine; --gpus N or NGPU sets it"
+    NGPU="${NGPU:-8}"
+elif [ -n "$NGPU" ]; then
+    (( NGPU <= DETECTED )) || die "--gpus / NGPU is $NGPU but nvidia-smi lists only $DETECTED GPU(s)"
+    GPU_NOTE="of $DETECTED on this machine"
+else
+    NGPU=$DETECTED GPU_NOTE="all that nvidia-smi lists"
+fi
+
+# Each stage's batch: "name device_batch total_batch". A total the GPUs cannot split evenly is refused
+# before anything runs; train.py would refuse it too, but only after set-up and data.
+BATCHES=("base $DEVICE_BATCH_SIZE $TOTAL_BATCH_SIZE" "mid $DEVICE_BATCH_SIZE $TOTAL_BATCH_SIZE"
+         "sft $SFT_DEVICE_BATCH_SIZE $SFT_TOTAL_BATCH_SIZE")
+for batch in "${BATCHES[@]}"; do
+    read -r stage device_batch total <<<"$batch"
+    per_micro_step=$((device_batch * MAX_SEQ_LEN * NGPU))
+    (( total % per_micro_step == 0 )) || die "$stage: the total batch of $total tokens is not a multiple of \
+device batch x MAX_SEQ_LEN x GPUs = $device_batch x $MAX_SEQ_LEN x $NGPU = $per_micro_step; pick a GPU count that divides \
+it (1, 2, 4 or 8 with the default batch) or change the batch knobs (see --help)"
+done
+
+SECONDS=0
+step() { printf '== [%dh%02dm] %s\n' $((SECONDS / 3600)) $((SECONDS % 3600 / 60)) "$*"; }
+run() {  # print the command as it would be typed; run it unless this is a dry run
+    local line
+    printf -v line '%q ' "$@"
+    echo "+ ${line% }"
+    [ -n "$DRY_RUN" ] || "$@"
+}
+
+echo "picochat speedrun${DRY_RUN:+ (dry run: nothing is executed)}"
+echo "settings: gpus=$NGPU ($GPU_NOTE) depth=$DEPTH vocab_size=$VOCAB_SIZE num_shards=$NUM_SHARDS"
+for batch in "${BATCHES[@]}"; do  # gradient accumulation as train.py computes it
+    read -r stage device_batch total <<<"$batch"
+    echo "$stage batch: device_batch_size=$device_batch max_seq_len=$MAX_SEQ_LEN gpus=$NGPU" \
+         "grad_accum=$((total / (device_batch * MAX_SEQ_LEN * NGPU))) total_batch_size=$total"
+done
+echo "steps: base ~20 tokens/parameter (train.py prints the count), mid $MID_ITERATIONS, sft $SFT_ITERATIONS"
+echo "home: $PICOCHAT_HOME"
+
+step "1/8 .venv with a CUDA build of torch"
+if [ -n "$DRY_RUN" ]; then
+    echo "+ source scripts/setup_env.sh   # torch: ${PICOCHAT_TORCH:-torch==2.13.0}, then a check that it sees the GPUs"
+else
+    source "$ROOT/scripts/setup_env.sh"
+    problem=$(python - "$NGPU" <<'PY'
+import sys, torch
+wanted = int(sys.argv[1])
+if torch.version.cuda is None:
+    print(f"torch {torch.__version__} in .venv is a CPU-only build; rm -rf .venv and run again with "
+          "PICOCHAT_TORCH set to a CUDA build (see --help)")
+elif torch.cuda.device_count() < wanted:
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees {torch.cuda.device_count()} GPU(s), "
+          f"{wanted} wanted; check the driver with nvidia-smi")
+PY
+)
+    [ -z "$problem" ] || die "$problem"
+fi
+TRAIN_EXTRA=()
+if [ -n "$WANDB_RUN" ] && [ "$WANDB_RUN" != dummy ]; then
+    export WANDB_RUN_GROUP="$WANDB_RUN"  # wandb groups the runs of the stages (each named <stage>-d<depth>) under it
+    TRAIN_EXTRA+=(--wandb true)
+    if [ -n "$DRY_RUN" ] || ! python -c "import wandb" 2>/dev/null; then
+        run python -m pip install -q -e ".[wandb]"
+    fi
+fi
+# shellcheck disable=SC2206
+TRAIN_EXTRA+=(${TRAIN_FLAGS:-})  # last, so they win
+
+step "2/8 data and tokenizer (scripts/prepare_data.sh: skips what a login node already fetched)"
+bash "$ROOT/scripts/prepare_data.sh" ${DRY_RUN:+--dry-run}
+
+# train_stage STAGE AFTER [flags]: skip STAGE if it finished after the file AFTER was written (the tokenizer
+# for base, the previous stage's done.json after that), resume it if it was interrupted since, else start it.
+# Once a stage trains, every later stage and eval is stale; UPSTREAM_TRAINS says so before the files do,
+# which a dry run needs.
+UPSTREAM_TRAINS=""
+# Ctrl-C or a SIGTERM reaches torchrun, which passes it on to its workers (each in a session of its own): they
+# finish the step, write a checkpoint and exit. A d20 checkpoint is ~5 GB: wait longer than torchrun's 30 s
+# before it kills them.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
+train_stage() {
+    local stage=$1 after=$2
+    shift 2
+    local dir="$PICOCHAT_HOME/checkpoints/$stage" force_var="FORCE_${stage^^}" newest
+    local command=(torchrun --standalone "--nproc_per_node=$NGPU" -m picochat.cli train --stage "$stage" "$@"
+                   --device cuda --save-every "$SAVE_EVERY" "${TRAIN_EXTRA[@]}")
+    newest=$(ls -t "$dir"/step_*.pt 2>/dev/null | head -n 1 || true)
+    if [ -n "${!force_var:-}" ]; then
+        echo "$stage: training again ($force_var=1)"
+    elif [ -n "$UPSTREAM_TRAINS" ]; then
+        echo "$stage: starting (an earlier stage trains in this run)"
+    elif [ -f "$dir/done.json" ] && [ ! "$after" -nt "$dir/done.json" ]; then
+        echo "$stage: already trained ($dir/done.json; $force_var=1 trains again)"
+        return
+    elif [ -n "$newest" ] && { [ ! -f "$dir/done.json" ] || [ "$newest" -nt "$dir/done.json" ]; } \
+         && [ ! "$after" -nt "$newest" ]; then
+        echo "$stage: resuming the interrupted run from $newest"
+        command+=(--resume)
+    else
+        echo "$stage: starting"
+    fi
+    UPSTREAM_TRAINS=1
+    local status=0
+    run "${command[@]}" || status=$?
+    [ -z "$DRY_RUN" ] || return 0
+    if [ ! -f "$dir/done.json" ] || [ "$after" -nt "$dir/done.json" ]; then  # a signal, Ctrl-C or a crash
+        echo "$stage: stopped before the end (exit status $status); run bash speedrun.sh again to resume" >&2
+        exit $(( status ? status : 130 ))
+    fi
+}
+
+# evaluate RESULT CHECKPOINT_DONE command...: run the eval unless RESULT is newer than the checkpoint's
+# done.json and no stage trained in this run.
+evaluate() {
+    local result=$1 done=$2
+    shift 2
+    if [ -z "${FORCE_EVAL:-}" ] && [ -z "$UPSTREAM_TRAINS" ] && [ -f "$result" ] && [ ! "$done" -nt "$result" ]; then
+        echo "eval: already done ($result; FORCE_EVAL=1 runs it again)"
+    else
+        run "$@"
+    fi
+}
+
+CHECKPOINTS="$PICOCHAT_HOME/checkpoints" EVALS="$PICOCHAT_HOME/evals"
+step "3/8 base model: depth $DEPTH"
+train_stage base "$PICOCHAT_HOME/tokenizer/tokenizer.json" --depth "$DEPTH" --max-seq-len "$MAX_SEQ_LEN" \
+    --device-batch-size "$DEVICE_BATCH_SIZE" --total-batch-size "$TOTAL_BATCH_SIZE" --target-param-data-ratio 20 \
+    --eval-every 250 --eval-tokens $((20 * TOTAL_BATCH_SIZE))
+step "4/8 base eval: val bpb and CORE"
+evaluate "$EVALS/base_core.json" "$CHECKPOINTS/base/done.json" picochat eval base --source base --device cuda \
+    --max-problems "$CORE_PROBLEMS" --eval-tokens $((20 * TOTAL_BATCH_SIZE))
+step "5/8 mid-training: $MID_ITERATIONS steps"
+train_stage mid "$CHECKPOINTS/base/done.json" --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$DEVICE_BATCH_SIZE" \
+    --total-batch-size "$TOTAL_BATCH_SIZE" --num-iterations "$MID_ITERATIONS"
+evaluate "$EVALS/mid_chat.json" "$CHECKPOINTS/mid/done.json" picochat eval chat --source mid --device cuda \
+    --max-problems "$EVAL_PROBLEMS"
+step "6/8 SFT: $SFT_ITERATIONS steps"
+train_stage sft "$CHECKPOINTS/mid/done.json" --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$SFT_DEVICE_BATCH_SIZE" \
+    --total-batch-size "$SFT_TOTAL_BATCH_SIZE" --num-iterations "$SFT_ITERATIONS"
+step "7/8 chat evals of the SFT model"
+evaluate "$EVALS/sft_chat.json" "$CHECKPOINTS/sft/done.json" picochat eval chat --source sft --device cuda \
+    --max-problems "$EVAL_PROBLEMS"
+
+step "8/8 RL (optional) and the report card"
+if [ "$RUN_RL" != 1 ]; then
+    echo "rl: off (RUN_RL=1 adds it)"
+elif [ -z "$DRY_RUN" ] && ! grep -Eq -- '--stage \{[^}]*\brl\b' <<<"$(picochat train --help)"; then
+    echo "rl: skipped: this picochat has no RL stage yet (\`picochat train --help\` lists no --stage rl)"
+else
+    [ -z "$DRY_RUN" ] || echo "rl: runs only where \`picochat train --help\` lists --stage rl"
+    train_stage rl "$CHECKPOINTS/sft/done.json"
+    evaluate "$EVALS/rl_chat.json" "$CHECKPOINTS/rl/done.json" picochat eval chat --source rl --device cuda \
+        --max-problems "$EVAL_PROBLEMS"
+fi
+if [ -z "$DRY_RUN" ] && ! grep -Eq '^ +report ' <<<"$(picochat --help)"; then
+    echo "report: skipped: this picochat has no \`picochat report\` yet; the results are in $EVALS"
+else
+    run picochat report
+fi
+step "done${DRY_RUN:+ (dry run)}"
+echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"
