@@ -34,8 +34,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
 DEPTH="${DEPTH:-4}"
 SECONDS=0
-step() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # elapsed time, then the step
-step "picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
+STEP_NAMES=() STEP_STARTS=()
+step() {  # elapsed time, then the step; remembered for the summary at the end
+    printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+    STEP_NAMES+=("$*") STEP_STARTS+=("$SECONDS")
+}
+summary() {  # wall time of each step (a skipped stage takes seconds)
+    local i end
+    printf '\n| step | wall |\n|---|---:|\n'
+    for i in "${!STEP_NAMES[@]}"; do
+        end=${STEP_STARTS[$((i + 1))]:-$SECONDS}
+        printf '| %s | %dm%02ds |\n' "${STEP_NAMES[$i]}" $(((end - STEP_STARTS[i]) / 60)) $(((end - STEP_STARTS[i]) % 60))
+    done
+    printf '| total | %dm%02ds |\n' $((SECONDS / 60)) $((SECONDS % 60))
+}
+echo "== picochat local CPU pipeline; artifacts in $PICOCHAT_HOME"
 
 step "1/8 pretraining data"
 picochat data prepare --source "${DATA_SOURCE:-auto}"
@@ -90,5 +103,5 @@ picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"
 
 step "8/8 report card"
 picochat report
-step "done"
+summary
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

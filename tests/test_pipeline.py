@@ -47,6 +47,7 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert core["stage"] == "base" and all(r["problems"] == 2 for r in core["results"])
     assert "Talk to it: picochat chat" in out
     assert "| sft | done |" in (fresh_home / "report" / "report.md").read_text()
+    assert "| 3/8 base model: depth 1, 0.05 minutes of training |" in out and "| total |" in out  # the summary
 
     again = pipeline(fresh_home, 0.05)
     out = again.communicate(timeout=300)[0]
