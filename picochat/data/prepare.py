@@ -14,7 +14,7 @@ from pathlib import Path
 
 from picochat.common import UserError, picochat_home
 from picochat.config import build, option
-from picochat.data.download import FINEWEB_URL, download_shards, network_reachable
+from picochat.data.download import FINEWEB_URL, download_shards, network_reachable, on_hub_endpoint
 from picochat.data.offline import build_offline_corpus
 from picochat.data.shards import MANIFEST, corpus_dir, damaged_shards, read_manifest
 
@@ -53,7 +53,8 @@ def resolve_source(config: PrepareConfig) -> str:
         return config.source
     if network_reachable(config.base_url):
         return "fineweb"
-    print(f"data: FineWeb-Edu is unreachable at {config.base_url}; building the offline corpus instead")
+    probed = on_hub_endpoint(config.base_url)  # what network_reachable tried: $HF_ENDPOINT's mirror, if set
+    print(f"data: FineWeb-Edu is unreachable at {probed}; building the offline corpus instead")
     return "offline"
 
 
