@@ -20,7 +20,7 @@ import pytest
 from fakes import FEATURES_PARSED, FEATURES_YML, TRIVIA, write_fake_chatterbot, write_fake_mathematics
 from picochat.chat import render_conversation
 from picochat.common import UserError
-from picochat.tasks import chatterbot, mathematics
+from picochat.data import offline
 from picochat.tasks.arithmetic import NAMES
 from picochat.tasks.chatterbot import ChatterBot, conversations_of_package, read_corpus_yaml
 from picochat.tasks.mathematics import MODULES, Mathematics, problems_of_package
@@ -98,7 +98,7 @@ def test_chatterbot_corrupt_or_missing_wheel_is_a_user_error(tmp_path, monkeypat
     (packages / "chatterbot_corpus-1.3.3-py2.py3-none-any.whl").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="is not the chatterbot-corpus==1.3.3 wheel"):
         ChatterBot.from_package(tmp_path, "train")
-    monkeypatch.setattr(chatterbot, "fetch", lambda source, cache_dir: None)  # as when PyPI is unreachable
+    monkeypatch.setattr(offline, "fetch", lambda source, cache_dir: None)  # as when PyPI is unreachable
     with pytest.raises(UserError, match="could not download chatterbot-corpus==1.3.3"):
         ChatterBot.from_package(tmp_path / "elsewhere", "train")
 
@@ -156,7 +156,7 @@ def test_mathematics_bad_cache_wheel_or_download_is_a_user_error(home, tmp_path,
         wheel.writestr("mathematics_dataset/__init__.py", "")  # no modules: the generator fails
     with pytest.raises(UserError, match="could not generate problems with the numpy and sympy installed here"):
         problems_of_package(copy, 5)
-    monkeypatch.setattr(mathematics, "fetch", lambda source, cache_dir: None)
+    monkeypatch.setattr(offline, "fetch", lambda source, cache_dir: None)
     with pytest.raises(UserError, match="could not download mathematics-dataset==1.0.1"):
         problems_of_package(tmp_path / "empty", 20)
 

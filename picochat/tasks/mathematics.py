@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 from picochat.common import UserError, atomic_write_text
-from picochat.data.offline import Source, fetch
+from picochat.data.offline import Source, fetch_required
 from picochat.tasks import Task
 
 PACKAGE = Source("mathematics-dataset", "1.0.1", "wheel", "Apache-2.0", reader=None)
@@ -98,10 +98,7 @@ def generate(packages: Path, per_module: int) -> list[dict]:
     and its import path and sympy patch stay out of this process."""
     archives = []
     for source in [PACKAGE] + IMPORTS:
-        archive = fetch(source, packages)
-        if archive is None:
-            raise UserError(f"could not download {source.pin} from PyPI into {packages} (it makes the "
-                            "mathematics problems of mid-training and SFT); check the network and run again")
+        archive = fetch_required(source, packages, "it makes the mathematics problems of mid-training and SFT")
         try:
             zipfile.ZipFile(archive).close()  # else the child's zipimport fails with a less helpful message
         except zipfile.BadZipFile as e:
