@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # picochat's production recipe, nanochat's speedrun: a depth-20 model (~561M parameters) on one GPU machine
 # (1-8 GPUs), from a fresh clone: .venv -> FineWeb-Edu data + 65,536-token tokenizer (scripts/prepare_data.sh)
-# -> base (torchrun) -> CORE eval -> mid -> SFT -> chat evals -> report (-> RL with RUN_RL=1).
+# -> base (torchrun) -> CORE eval -> mid -> SFT -> chat evals -> RL (RUN_RL=0 skips it) -> report.
 #   bash speedrun.sh --dry-run            # every command with its resolved settings; runs nothing, no GPU needed
 #   screen -L -Logfile speedrun.log bash speedrun.sh   # the real run: hours, so keep it out of the terminal
 # Every GPU count trains the same model on the same batches: each optimizer step takes TOTAL_BATCH_SIZE tokens,
@@ -38,7 +38,7 @@ Knobs (environment variables; a flag wins over its variable):
   SAVE_EVERY         steps between checkpoints, so a crash or preemption loses little (default 1000)
   CORE_PROBLEMS      items per CORE task in the base eval (default 0: all)
   EVAL_PROBLEMS      problems per chat eval task (default 0: all)
-  RUN_RL             1: also run the RL stage (when this picochat has one) and evaluate it (default 0)
+  RUN_RL             1: also run the RL stage after SFT and evaluate it (default 1; 0 skips it)
   WANDB_RUN          a name: log every stage to Weights & Biases, grouped under it (unset or "dummy": off)
   TRAIN_FLAGS        more \`picochat train\` flags for every stage, e.g. "--compile false"
   FORCE_BASE, FORCE_MID, FORCE_SFT, FORCE_RL   1: train that stage again
@@ -78,7 +78,7 @@ SFT_TOTAL_BATCH_SIZE="${SFT_TOTAL_BATCH_SIZE:-65536}"
 SAVE_EVERY="${SAVE_EVERY:-1000}"
 CORE_PROBLEMS="${CORE_PROBLEMS:-0}"
 EVAL_PROBLEMS="${EVAL_PROBLEMS:-0}"
-RUN_RL="${RUN_RL:-0}"
+RUN_RL="${RUN_RL:-1}"
 WANDB_RUN="${WANDB_RUN:-}"
 for knob in NUM_SHARDS VOCAB_SIZE DEPTH DEVICE_BATCH_SIZE MAX_SEQ_LEN TOTAL_BATCH_SIZE MID_ITERATIONS \
             SFT_ITERATIONS SFT_DEVICE_BATCH_SIZE SFT_TOTAL_BATCH_SIZE SAVE_EVERY; do
@@ -241,21 +241,14 @@ step "7/8 chat evals of the SFT model"
 evaluate "$EVALS/sft_chat.json" "$CHECKPOINTS/sft/done.json" picochat eval chat --source sft --device cuda \
     --max-problems "$EVAL_PROBLEMS"
 
-step "8/8 RL (optional) and the report card"
+step "8/8 RL and the report card"
 if [ "$RUN_RL" != 1 ]; then
-    echo "rl: off (RUN_RL=1 adds it)"
-elif [ -z "$DRY_RUN" ] && ! grep -Eq -- '--stage \{[^}]*\brl\b' <<<"$(picochat train --help)"; then
-    echo "rl: skipped: this picochat has no RL stage yet (\`picochat train --help\` lists no --stage rl)"
+    echo "rl: off (RUN_RL=0)"
 else
-    [ -z "$DRY_RUN" ] || echo "rl: runs only where \`picochat train --help\` lists --stage rl"
     train_stage rl "$CHECKPOINTS/sft/done.json"
     evaluate "$EVALS/rl_chat.json" "$CHECKPOINTS/rl/done.json" picochat eval chat --source rl --device cuda \
         --max-problems "$EVAL_PROBLEMS"
 fi
-if [ -z "$DRY_RUN" ] && ! grep -Eq '^ +report ' <<<"$(picochat --help)"; then
-    echo "report: skipped: this picochat has no \`picochat report\` yet; the results are in $EVALS"
-else
-    run picochat report
-fi
+run picochat report
 step "done${DRY_RUN:+ (dry run)}"
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

@@ -11,7 +11,8 @@ and its gradient with respect to the raw logits, with p = softmax(l):
     d loss / d z_j = (p_j - [j == y]) * (1 - tanh(z_j / s)^2)
 
 The loss of a batch is the sum over tokens whose target is >= 0; a negative target (IGNORE_INDEX = -1,
-or PyTorch's -100) adds nothing. Because the loss is a plain sum, the gradient of each chunk of rows is
+or PyTorch's -100) adds nothing. Optional per-token weights w make it sum(w * loss): with w = the
+advantage of a sampled token, that is the policy-gradient loss of RL, through the same fused head. Because the loss is a plain sum, the gradient of each chunk of rows is
 known as soon as its forward is done: we compute it right away, so memory holds one (chunk x V) block of
 logits instead of all (tokens x V), which on a small model is most of the memory and most of the time.
 
@@ -32,7 +33,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of token losses; forward also computes the gradients chunk by chunk, backward only scales them."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, softcap, chunk_rows):
+    def forward(ctx, x, weight, targets, token_weights, softcap, chunk_rows):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         # Built without in-place writes into the saved gradients: under torch.compile on CUDA (torch 2.11)
         # writes like grad_x[rows] = ... were lost and every gradient came out zero.
@@ -40,6 +41,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             losses, grad = _chunk_losses_and_grad(x[rows], weight, targets[rows], softcap, needs_grad)
+            if token_weights is not None:
+                losses = losses * token_weights[rows]
+                grad = grad * token_weights[rows, None].to(grad.dtype) if needs_grad else None
             total = total + losses.sum()
             if needs_grad:
                 grads_x.append(grad @ weight)  # autocast picks the matmul dtype
@@ -51,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_output, grad_w * grad_output, None, None, None
+        return grad_x * grad_output, grad_w * grad_output, None, None, None, None
 
 
 def _chunk_losses_and_grad(x, weight, targets, softcap: float, needs_grad: bool):
@@ -75,9 +79,11 @@ def _chunk_losses_and_grad(x, weight, targets, softcap: float, needs_grad: bool)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
-                         reduction: str = "sum", chunk_rows: int = 1024) -> torch.Tensor:
+                         reduction: str = "sum", chunk_rows: int = 1024,
+                         token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """x: (B, T, C), weight: (V, C), targets: (B, T), negative where masked. reduction "sum": the summed
-    loss (differentiable); "none": (B, T) per-token losses without gradients (evaluation).
+    loss (differentiable), each token's times its token_weights (B, T) if given; "none": (B, T) per-token
+    losses without gradients (evaluation).
 
     chunk_rows trades memory (3 buffers of chunk_rows x vocab fp32) for speed: each chunk adds its
     (vocab x C) weight gradient into an fp32 buffer, so chunks of ~100 rows at a 32K vocab are memory-bound
@@ -91,4 +97,5 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
                                          flat_targets[start:start + chunk_rows], softcap, needs_grad=False)[0]
                   for start in range(0, B * T, chunk_rows)]
         return torch.cat(losses).view(B, T)
-    return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, softcap, chunk_rows)
+    flat_weights = None if token_weights is None else token_weights.reshape(B * T).float()
+    return _LinearCrossEntropy.apply(flat_x, weight, flat_targets, flat_weights, softcap, chunk_rows)

@@ -196,13 +196,15 @@ class GPT(nn.Module):
         return norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                reduction: str = "sum") -> torch.Tensor:
-        """With targets: the loss (sum over unmasked tokens, or per token with reduction='none').
+                reduction: str = "sum", token_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """With targets: the loss (sum over unmasked tokens, each times its token_weights if given, or per
+        token with reduction='none').
         Without: soft-capped fp32 logits (B, T, vocab)."""
         x = self.trunk(idx, kv_cache)
         if targets is None:
             return self.capped_logits(x)
-        return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction)
+        return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction,
+                                    token_weights=token_weights)
 
     def next_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, vocab) logits of the last position only: all that generation needs, and the

@@ -16,7 +16,9 @@ from picochat.data.conversations import ConversationLoader
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
+from picochat.rl import RolloutBatches, pass_at_k
 from picochat.data.hub import hub_dir
+from picochat.engine import Engine
 from picochat.tasks import Task, gsm8k, mmlu_auxiliary, smoltalk
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.chatterbot import ChatterBot
@@ -34,7 +36,8 @@ from picochat.tasks.spelling_bee import SpellingBee
 @dataclass
 class Stage:
     name: str
-    # (tokenizer, config, runtime, loader state or None) -> iterator of (inputs, targets) with state_dict()
+    # (tokenizer, config, runtime, loader state or None, model) -> iterator of (inputs, targets) batches, or
+    # (inputs, targets, token weights) for RL, which samples from the model; with state_dict()
     train_batches: Callable[..., Iterator]
     # (tokenizer, config, runtime) -> a fresh, finite iterator over validation batches
     val_batches: Callable[..., Iterator]
@@ -44,6 +47,8 @@ class Stage:
     data_fingerprint: Callable[..., str]
     init_from: str | None = None       # stage whose newest checkpoint initialises the model
     preset: dict = field(default_factory=dict)  # flag defaults for this stage, under the user's flags
+    # (model, tokenizer, config, runtime) -> more metrics for each evaluation (RL's pass@k), or None
+    extra_eval: Callable[..., dict] | None = None
 
 
 def warmup_constant_warmdown(progress: float, optim) -> float:
@@ -53,7 +58,7 @@ def warmup_constant_warmdown(progress: float, optim) -> float:
 def base_stage() -> Stage:
     """Pretraining: next-token prediction on the corpus shards, every target counts."""
 
-    def train_batches(tokenizer, config, runtime, state):
+    def train_batches(tokenizer, config, runtime, state, model):
         train_shards, _ = split_shards(corpus_dir(config.home_path))
         return TokenLoader(tokenizer, train_shards, config.device_batch_size, config.max_seq_len,
                            rank=runtime.rank, world_size=runtime.world_size, device=runtime.device, state=state)
@@ -70,7 +75,7 @@ def conversation_stage(name: str, init_from: str, mixture: Callable) -> Stage:
     """A stage that trains on conversations (mid-training, SFT): only the assistant's tokens are targets.
     mixture(config, split) -> [(task, weight), ...]; the eval split gives the val batches."""
 
-    def train_batches(tokenizer, config, runtime, state):
+    def train_batches(tokenizer, config, runtime, state, model):
         return ConversationLoader(tokenizer, mixture(config, "train"), config.device_batch_size, config.max_seq_len,
                                   rank=runtime.rank, world_size=runtime.world_size, device=runtime.device,
                                   seed=config.seed, state=state)
@@ -131,4 +136,42 @@ def sft_stage() -> Stage:
     return conversation_stage("sft", "mid", chat_mixture)
 
 
-STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage}
+def rl_problems(config, split: str) -> list[Task]:
+    """Problems with answers a program can check: arithmetic word problems, mathematics-dataset problems and,
+    where downloaded, GSM8K-train. Their eval splits give pass@k; GSM8K test stays with `eval chat`."""
+    home = config.home_path
+    tasks = [ArithmeticWithTool(split), Mathematics.from_package(home, split)]
+    return tasks + [task for task, _ in downloaded_tasks(home, split) if task.name == "gsm8k"]
+
+
+def rl_stage() -> Stage:
+    """RL on verifiable rewards, starting from SFT (see rl.py). LRs 1/20 of SFT's, decaying to 0."""
+
+    def train_batches(tokenizer, config, runtime, state, model):
+        return RolloutBatches(Engine(model, tokenizer, runtime), rl_problems(config, "train"), config.device_batch_size,
+                              config.rl_samples, config.rl_max_tokens, rank=runtime.rank,
+                              world_size=runtime.world_size, seed=config.seed, state=state)
+
+    def val_batches(tokenizer, config, runtime):
+        return ConversationLoader(tokenizer, [(task, 1.0) for task in rl_problems(config, "eval")],
+                                  config.device_batch_size, config.max_seq_len, rank=runtime.rank,
+                                  world_size=runtime.world_size, device=runtime.device, loop=False)
+
+    def data_fingerprint(config):
+        described = [(task.name, task.split, len(task)) for task in rl_problems(config, "train")]
+        return hashlib.sha256(repr((described, data_fingerprint_of_corpus(config))).encode()).hexdigest()
+
+    def extra_eval(model, tokenizer, config, runtime):
+        engine = Engine(model, tokenizer, runtime)
+        return {key: value for task in rl_problems(config, "eval")
+                for key, value in pass_at_k(engine, task, config.rl_eval_problems, config.rl_samples,
+                                            config.rl_max_tokens, seed=config.seed).items()}
+
+    # Eager: every rollout batch has another length, which would make torch.compile compile again and again.
+    preset = {"device_batch_size": 8, "matrix_lr": 0.001, "embedding_lr": 0.01, "unembedding_lr": 0.0002,
+              "warmdown_ratio": 1.0, "eval_every": 25, "compile": False}
+    return Stage("rl", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint, init_from="sft",
+                 preset=preset, extra_eval=extra_eval)
+
+
+STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage, "rl": rl_stage}

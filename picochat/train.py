@@ -53,7 +53,7 @@ class TrainConfig:
     time_budget: float = option(0.0, "minutes of training; the LR schedule follows elapsed time")
     target_param_data_ratio: float = option(20.0, "tokens per parameter, when neither of the above is set")
     # evaluation and checkpoints
-    eval_every: int = option(100, "steps between val bpb evaluations (0: only at the start and end)")
+    eval_every: int = option(100, "steps between val bpb evaluations (0: only at the end)")
     eval_tokens: int = option(65536, "target tokens per val bpb evaluation")
     save_every: int = option(0, "also checkpoint every N steps (0: only at the end or on a signal)")
     keep_last: int = option(2, "checkpoints of this stage to keep")
@@ -64,6 +64,9 @@ class TrainConfig:
     dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(True, "torch.compile the model (falls back to eager where it fails)")
+    rl_samples: int = option(4, "RL: answers sampled per problem (the group of GRPO's baseline; also k of pass@k)")
+    rl_max_tokens: int = option(128, "RL: longest sampled answer, in tokens")
+    rl_eval_problems: int = option(64, "RL: eval problems per task for pass@1 and pass@k at each evaluation")
     grad_sync: str = option("overlap", "how gradients are summed over processes: overlap (DDP's bucketed "
                             "all-reduces during the last backward) or after (one all-reduce per parameter "
                             "after it)", choices=("overlap", "after"))
@@ -131,7 +134,7 @@ def make_stage(name: str) -> Stage:
 
 # Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's.
 FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
-                   "num_iterations", "time_budget", "target_param_data_ratio", "seed",
+                   "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
                    *(f.name for f in fields(OptimConfig)))
 NOT_RESUMED = ("resume", "home", "stage")  # where the run lives, not how it runs
 
@@ -173,7 +176,7 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)
     state, loader_state = start_state(stage, model, optimizers, runtime, out_dir, resume, init)
-    train_loader = stage.train_batches(tokenizer, config, runtime, loader_state)
+    train_loader = stage.train_batches(tokenizer, config, runtime, loader_state, model)
     tokens_per_step = config.device_batch_size * config.max_seq_len * runtime.world_size * grad_accum
     print_setup(config, optim_config, stage, runtime, model, grad_accum, tokens_per_step)
     step_model = prepare_model(model, config, runtime)
@@ -228,7 +231,7 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             state.step += 1
             state.tokens += ctx.tokens_per_step
             state.train_seconds += seconds
-            metrics.log(step_metrics(ctx, state, loss, lr, seconds))
+            metrics.log({**step_metrics(ctx, state, loss, lr, seconds), **loader_stats(ctx.train_loader, seconds)})
             bar.update(state.step, metrics.summary())
             if stop_requested:
                 save(ctx, state)
@@ -277,22 +280,23 @@ def train_step(step_model: torch.nn.Module, model: GPT, optimizers: list, batche
 
 
 def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtime) -> float:
-    """Accumulate gradients of sum(token losses) / (unmasked targets over all micro-batches and ranks).
+    """Accumulate gradients of sum(token losses) / (unmasked targets over all micro-batches and ranks); a
+    batch of (inputs, targets, token_weights) weighs each token's loss (RL's advantages).
 
     Counting first means an all-masked micro-batch adds exactly 0 to loss and gradients, never NaN.
     Under DDP only the last micro-batch's backward syncs, and since DDP averages over ranks where we want
     the sum, each rank's loss is scaled by world_size. Returns the step's mean loss over all ranks."""
-    count = sum(valid_targets(targets).sum() for _, targets in batches)
+    count = sum(valid_targets(batch[1]).sum() for batch in batches)
     loss_sum = torch.zeros((), device=runtime.device)
     if runtime.distributed:
         dist.all_reduce(count)
     ddp = ddp_of(step_model)
     scale = (runtime.world_size if ddp else 1) / count.clamp(min=1)
-    for index, (inputs, targets) in enumerate(batches):
+    for index, (inputs, targets, *token_weights) in enumerate(batches):  # RL batches carry token weights
         last = index == len(batches) - 1
         with ddp.no_sync() if ddp and not last else contextlib.nullcontext():
             with runtime.autocast():
-                loss = step_model(inputs, targets)
+                loss = step_model(inputs, targets, token_weights=token_weights[0] if token_weights else None)
             (loss * scale).backward()
         loss_sum += loss.detach()
     if runtime.distributed:
@@ -479,10 +483,12 @@ def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     batches = ctx.stage.val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
     state.val_bpb = evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens,
                                  ctx.runtime)
+    extra = ctx.stage.extra_eval(ctx.model, ctx.tokenizer, ctx.config, ctx.runtime) if ctx.stage.extra_eval else {}
     seconds = time.perf_counter() - start
-    metrics.log({"step": state.step, "val_bpb": state.val_bpb, "eval_seconds": round(seconds, 3),
+    metrics.log({"step": state.step, "val_bpb": state.val_bpb, **extra, "eval_seconds": round(seconds, 3),
                  "tokens": state.tokens})
-    print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f} ({seconds:.1f}s)")
+    more = "".join(f", {key} {value}" for key, value in extra.items())
+    print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f}{more} ({seconds:.1f}s)")
 
 
 def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float) -> dict:
@@ -493,6 +499,15 @@ def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, se
     return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
             "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
             "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
+
+
+def loader_stats(loader, step_seconds: float) -> dict:
+    """What a sampling loader (RL) reports of its last batch, and the update's share of the step time."""
+    stats = dict(getattr(loader, "last_stats", {}))
+    if "sample_seconds" in stats:
+        stats["update_seconds"] = round(step_seconds - stats["sample_seconds"], 3)
+        stats["update_tok_per_s"] = round(stats.pop("update_tokens") / max(stats["update_seconds"], 1e-6))
+    return stats
 
 
 def save(ctx: LoopContext, state: TrainState) -> None:

@@ -14,7 +14,8 @@
 #   CORE_PROBLEMS    items per CORE task in the base eval (default 50)
 #   EVAL_PROBLEMS    problems per chat task in the chat eval (default 100)
 #   TRAIN_FLAGS      more `picochat train` flags for every stage, e.g. "--device-batch-size 8"
-#   FORCE_TOKENIZER, FORCE_BASE, FORCE_MID, FORCE_SFT=1   train that again
+#   RUN_RL=1         also RL on verifiable rewards after SFT (RL_MINUTES, default 2), then its chat evals
+#   FORCE_TOKENIZER, FORCE_BASE, FORCE_MID, FORCE_SFT, FORCE_RL=1   train that again
 #   PICOCHAT_SMOKE=1 the same pipeline with tiny settings, in a few minutes (a check, not a model)
 set -euo pipefail
 case "${1:-}" in
@@ -101,6 +102,11 @@ train_stage sft "${SFT_MINUTES:-2}" mid
 step "7/8 chat evals of the SFT model"
 picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"
 
+if [ -n "${RUN_RL:-}" ]; then
+    step "7+ RL (RUN_RL=1): ${RL_MINUTES:-2} minutes, then its chat evals"
+    train_stage rl "${RL_MINUTES:-2}" sft
+    picochat eval chat --source rl --max-problems "${EVAL_PROBLEMS:-100}"
+fi
 step "8/8 report card"
 picochat report
 summary

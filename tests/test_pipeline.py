@@ -17,7 +17,7 @@ import pytest
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "local_cpu_train.sh"
 TINY_TRAIN_FLAGS = ("--max-seq-len 128 --device-batch-size 2 --compile false --dtype float32 "
-                    "--eval-tokens 256 --eval-every 0")
+                    "--eval-tokens 256 --eval-every 0 --rl-eval-problems 2 --rl-max-tokens 8")
 
 
 def pipeline(home: Path, minutes: float, extra_flags: str = "", extra_env: dict | None = None) -> subprocess.Popen:
@@ -54,10 +54,13 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert again.returncode == 0, out
     assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft"))
 
-    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1"})  # a new mid makes the old SFT stale
+    # a new mid makes the old SFT stale; RUN_RL adds RL after it
+    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1", "RUN_RL": "1", "RL_MINUTES": "0.02"})
     out = retrained.communicate(timeout=300)[0]
     assert retrained.returncode == 0, out
     assert "base: already trained" in out and "sft: already trained" not in out
+    assert json.loads((fresh_home / "checkpoints" / "rl" / "done.json").read_text())["step"] > 0
+    assert json.loads((fresh_home / "evals" / "rl_chat.json").read_text())["stage"] == "rl"
     assert list((fresh_home / "checkpoints" / "sft").glob("previous-*"))  # the old SFT run, set aside
 
 

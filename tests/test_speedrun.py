@@ -105,7 +105,7 @@ def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path):
         assert any(command.startswith(expected) for command in printed), (expected, printed)
     base = train_command(out, "base")
     assert "--nproc_per_node=8" in base and "--max-seq-len" in base and "--total-batch-size" in base
-    assert "rl: off" in out and not any("rl" in argv for argv in argvs)
+    assert train_command(out, "rl") and any(command.startswith("eval chat --source rl") for command in printed)
     assert not home.exists()  # nothing ran: no home, no downloads
 
 
@@ -138,10 +138,9 @@ def test_gpus_are_detected_with_nvidia_smi(tmp_path):
     assert all(s["gpus"] == 1 for s in batch_settings(out).values())
 
 
-def test_rl_is_printed_only_when_asked_for(tmp_path):
-    out = dry_run(tmp_path, RUN_RL="1")
-    assert "runs only where `picochat train --help` lists --stage rl" in out
-    assert "--source rl" in out and train_command(out, "rl")
+def test_rl_runs_by_default_and_run_rl_0_skips_it(tmp_path):
+    out = dry_run(tmp_path, RUN_RL="0")
+    assert "rl: off (RUN_RL=0)" in out and "--source rl" not in out and "--stage rl" not in out
 
 
 def test_wandb_run_turns_on_wandb_in_every_stage(tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from picochat.common import UserError, atomic_write_text
 from picochat.data.offline import Source, fetch_required
-from picochat.tasks import Task
+from picochat.tasks import Task, final_number
 
 PACKAGE = Source("mathematics-dataset", "1.0.1", "wheel", "Apache-2.0", reader=None)
 IMPORTS = [Source("six", "1.17.0", "wheel", "MIT", reader=None),             # used all over its code
@@ -63,7 +63,10 @@ class Mathematics(Task):
                              {"role": "assistant", "content": problem["answer"]}], "answer": problem["answer"]}
 
     def score(self, example: dict, answer: str) -> bool:
-        return answer.strip() == example["answer"]
+        """Exact, or for a plain-number reference the answer's final number ("It is 500." for "500")."""
+        reference = example["answer"]
+        return answer.strip() == reference or (final_number(reference) == reference.replace(",", "")
+                                                 and final_number(answer) == final_number(reference))
 
 
 @functools.lru_cache(maxsize=2)  # a stage asks for its tasks several times (batches, val, fingerprint)
