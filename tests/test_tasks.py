@@ -97,8 +97,8 @@ def test_chitchat_from_the_package_splits_by_conversation(tiny_home, tmp_path):
     from picochat.tasks.chitchat import ChitChat
     train, evals = ChitChat.from_package(tiny_home, "train"), ChitChat.from_package(tiny_home, "eval")
     assert len(train) + len(evals) == 60 and len(evals) > 0  # the fake wheel of conftest.py
-    assert not {repr(c) for c in train.conversations} & {repr(c) for c in evals.conversations}
-    assert all(m["role"] == ("user", "assistant")[i % 2] for c in train.conversations
+    assert not {repr(c) for c in train.examples} & {repr(c) for c in evals.examples}
+    assert all(m["role"] == ("user", "assistant")[i % 2] for c in train.examples
                for i, m in enumerate(c["messages"]))
     packages = tmp_path / "data" / "packages"
     packages.mkdir(parents=True)

@@ -79,17 +79,17 @@ def test_chatterbot_conversations_split_by_question(home, tiny_tokenizer):
     train, evals = ChatterBot.from_package(home, "train"), ChatterBot.from_package(home, "eval")
     # features.yml holds 7 distinct conversations (a duplicate and a broken entry are dropped); no Spanish
     assert len(train) + len(evals) == 7 + TRIVIA and 0 < len(evals) < len(train)
-    questions = {split: {c["messages"][0]["content"] for c in task.conversations}
+    questions = {split: {c["messages"][0]["content"] for c in task.examples}
                  for split, task in [("train", train), ("eval", evals)]}
     assert not questions["train"] & questions["eval"]
     assert not any(q.startswith("Cuál") for q in questions["train"] | questions["eval"])
-    hello = next(c for c in train.conversations + evals.conversations if c["messages"][0]["content"] == "Hello")
+    hello = next(c for c in train.examples + evals.examples if c["messages"][0]["content"] == "Hello")
     assert [m["content"] for m in hello["messages"]] == ["Hello", "Hi", "How are you?", "Fine."]
-    assert sum(c["messages"][0]["content"] == "What is AI?" for c in train.conversations + evals.conversations) == 2
+    assert sum(c["messages"][0]["content"] == "What is AI?" for c in train.examples + evals.examples) == 2
     for task in (train, evals):
         assert_chat_examples(task, tiny_tokenizer)
     conversations_of_package.cache_clear()
-    assert ChatterBot.from_package(home, "eval").conversations == evals.conversations
+    assert ChatterBot.from_package(home, "eval").examples == evals.examples
 
 
 def test_chatterbot_corrupt_or_missing_wheel_is_a_user_error(tmp_path, monkeypatch):
@@ -196,7 +196,7 @@ def test_practice_wrong_choices_are_never_right(home):
     train, evals = (MultipleChoicePractice.from_sources(home, split) for split in ("train", "eval"))
     assert not {q.text for q in train.questions} & {q.text for q in evals.questions}
     ai_answers = {c["messages"][1]["content"] for split in ("train", "eval")
-                  for c in ChatterBot.from_package(home, split).conversations
+                  for c in ChatterBot.from_package(home, split).examples
                   if c["messages"][0]["content"] == "What is AI?"}
     asked = [q for task in (train, evals) for q in task.questions]
     assert {q.answer for q in asked if q.text == "What is AI?"} == ai_answers  # both answers are asked...

@@ -46,6 +46,20 @@ class Task:
         return {"messages": self[index]["messages"][:-1]}
 
 
+class ListTask(Task):
+    """A task whose examples are one list, read once (from a package's archive)."""
+
+    def __init__(self, split: str, examples: list[dict]):
+        super().__init__(split)
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.examples[index]
+
+
 def final_number(text: str) -> str | None:
     """The answer a text gives as a number: after its last '####' if it has one (GSM8K's convention),
     else its last number. Thousands separators are dropped and "7.0" reads as "7"."""

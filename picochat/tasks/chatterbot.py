@@ -19,7 +19,7 @@ from pathlib import Path
 
 from picochat.common import UserError
 from picochat.data.offline import Source, fetch_required
-from picochat.tasks import Task
+from picochat.tasks import ListTask
 
 # BSD-3-Clause per the sdist's license.md and pyproject.toml (the wheel only says "BSD License").
 PACKAGE = Source("chatterbot-corpus", "1.3.3", "wheel", "BSD-3-Clause", reader=None)
@@ -27,24 +27,14 @@ FOLDER = "chatterbot_corpus/data/english/"
 EVAL_SHARE = 10
 
 
-class ChatterBot(Task):
+class ChatterBot(ListTask):
     name = "chatterbot"
     source = f"pypi:{PACKAGE.pin}/{FOLDER}*.yml"
     license = "BSD-3-Clause (user-contributed text)"
 
-    def __init__(self, split: str, conversations: list[dict]):
-        super().__init__(split)
-        self.conversations = conversations
-
     @classmethod
     def from_package(cls, home: str | Path, split: str) -> "ChatterBot":
         return cls(split, conversations_of_package(Path(home) / "data" / "packages")[split])
-
-    def __len__(self) -> int:
-        return len(self.conversations)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.conversations[index]
 
 
 @functools.lru_cache(maxsize=2)  # a stage asks for its tasks several times (batches, val, fingerprint)

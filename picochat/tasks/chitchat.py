@@ -18,31 +18,21 @@ from pathlib import Path
 
 from picochat.common import UserError
 from picochat.data.offline import Source, fetch_required
-from picochat.tasks import Task
+from picochat.tasks import ListTask
 
 PACKAGE = Source("chitchat-dataset", "0.9.0", "wheel", "MIT", reader=None)
 MEMBER = "chitchat_dataset/dataset.json"
 EVAL_SHARE = 10
 
 
-class ChitChat(Task):
+class ChitChat(ListTask):
     name = "chitchat"
     source = f"pypi:{PACKAGE.pin}/{MEMBER}"
     license = "MIT"
 
-    def __init__(self, split: str, conversations: list[dict]):
-        super().__init__(split)
-        self.conversations = conversations
-
     @classmethod
     def from_package(cls, home: str | Path, split: str) -> "ChitChat":
         return cls(split, conversations_of_package(Path(home) / "data" / "packages")[split])
-
-    def __len__(self) -> int:
-        return len(self.conversations)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.conversations[index]
 
 
 @functools.lru_cache(maxsize=2)  # a stage asks for its tasks several times (batches, val, fingerprint)

@@ -54,7 +54,7 @@ class MultipleChoicePractice(Task):
 
     @classmethod
     def from_sources(cls, home: str | Path, split: str) -> "MultipleChoicePractice":
-        questions = chatterbot_questions(ChatterBot.from_package(home, split).conversations)
+        questions = chatterbot_questions(ChatterBot.from_package(home, split).examples)
         questions += arithmetic_questions(split)
         questions += mathematics_questions(Mathematics.from_package(home, split).problems)
         return cls(split, questions)
