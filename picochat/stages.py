@@ -105,7 +105,7 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
     tasks = [(ChitChat.from_package(home, split), 1.0), (ChatterBot.from_package(home, split), 1.0),
              (Mathematics.from_package(home, split), 1.0), (MultipleChoicePractice.from_sources(home, split), 1.0),
              (ArithmeticWithTool(split), 1.0), (SpellingBee.from_corpus(home, split), 1.0)]
-    tasks += downloaded_tasks(home, split)
+    tasks += [(task, 1.0) for task in downloaded_tasks(home, split)]
     return tasks + [(Identity(), 2.0)] if split == "train" else tasks
 
 
@@ -121,9 +121,12 @@ HUB_TASKS = [(smoltalk, lambda home, split: SmolTalk.from_hub(home, split)),
              (gsm8k, lambda home, split: GSM8K.from_hub(home))]
 
 
-def downloaded_tasks(home, split: str) -> list[tuple[Task, float]]:
-    return [(make(home, split), 1.0) for module, make in HUB_TASKS
-            if split in module.FILES and (hub_dir(home) / module.REPO / module.FILES[split]).exists()]
+def downloaded_tasks(home, split: str, modules: tuple = ()) -> list[Task]:
+    """The online datasets' tasks (only those of `modules`, if given) whose split was downloaded. Filtered
+    before reading: SmolTalk alone is ~460k conversations."""
+    return [make(home, split) for module, make in HUB_TASKS
+            if (not modules or module in modules) and split in module.FILES
+            and (hub_dir(home) / module.REPO / module.FILES[split]).exists()]
 
 
 def mid_stage() -> Stage:
@@ -141,7 +144,7 @@ def rl_problems(config, split: str) -> list[Task]:
     where downloaded, GSM8K-train. Their eval splits give pass@k; GSM8K test stays with `eval chat`."""
     home = config.home_path
     tasks = [ArithmeticWithTool(split), Mathematics.from_package(home, split)]
-    return tasks + [task for task, _ in downloaded_tasks(home, split) if task.name == "gsm8k"]
+    return tasks + downloaded_tasks(home, split, modules=(gsm8k,))
 
 
 def rl_stage() -> Stage:

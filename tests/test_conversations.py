@@ -101,3 +101,20 @@ def test_mid_rehearses_pretraining_text_and_sft_does_not(tiny_home):
         assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee"} <= set(sft)
     names = {split: [task.name for task, _ in chat_mixture(config, split)] for split in ("train", "eval")}
     assert "identity" in names["train"] and "identity" not in names["eval"]
+
+
+def test_downloaded_datasets_join_only_where_their_split_was_fetched(tmp_path, monkeypatch):
+    from picochat import stages
+    from picochat.data.hub import hub_dir
+    made = []
+    monkeypatch.setattr(stages, "HUB_TASKS", [(module, lambda home, split, name=module.REPO: made.append(name) or name)
+                                              for module, _ in stages.HUB_TASKS])
+    for module in (stages.smoltalk, stages.gsm8k):  # fetched; mmlu_auxiliary was not
+        for path in module.FILES.values():
+            (hub_dir(tmp_path) / module.REPO / path).parent.mkdir(parents=True, exist_ok=True)
+            (hub_dir(tmp_path) / module.REPO / path).touch()
+    assert stages.downloaded_tasks(tmp_path, "train") == [stages.smoltalk.REPO, stages.gsm8k.REPO]
+    assert stages.downloaded_tasks(tmp_path, "eval") == [stages.smoltalk.REPO]  # GSM8K test is an eval
+    made.clear()
+    assert stages.downloaded_tasks(tmp_path, "train", modules=(stages.gsm8k,)) == [stages.gsm8k.REPO]
+    assert made == [stages.gsm8k.REPO]  # SmolTalk is not even read
