@@ -14,8 +14,9 @@ import torch
 
 from helpers import TINY, flags_dict
 from picochat.common import UserError
-from picochat.evals.chat import CHAT_TASKS, chat_core, evaluate_task, task_names
+from picochat.evals.chat import CHAT_TASKS, CHATCORE_TASKS, chat_core, evaluate_task, task_names
 from picochat.evals.chat import run as eval_chat
+from picochat.sandbox import describe as describe_sandbox
 from picochat.tasks import Task
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.multiple_choice import multiple_choice
@@ -94,9 +95,13 @@ def test_categorical_answers_are_the_best_letter_and_the_letter_rate_is_measured
     assert result["centered"] == pytest.approx((6 / 8 - 0.25) / 0.75)
 
 
-def test_chat_core_is_the_mean_centred_accuracy_and_tasks_are_checked():
-    results = [{"centered": 1.0}, {"centered": 0.0}, {"centered": -0.5}]
-    assert chat_core(results) == pytest.approx(0.5 / 3)
+def test_chat_core_is_nanochats_six_tasks_without_arithmetic_and_tasks_are_checked():
+    six = dict(zip(CHATCORE_TASKS, [1.0, 0.0, -0.5, 0.25, 0.0, 0.5]))
+    results = [{"task": task, "centered": centred} for task, centred in six.items()]
+    assert chat_core(results) == pytest.approx(1.25 / 6)
+    assert chat_core(results + [{"task": "arithmetic", "centered": 0.98}]) == pytest.approx(1.25 / 6)
+    assert chat_core(results[1:]) is None  # five of the six is not ChatCORE
+    assert set(CHATCORE_TASKS) == set(CHAT_TASKS) - {"arithmetic"}
     assert task_names("all") == list(CHAT_TASKS)
     assert task_names("gsm8k, arc_easy") == ["gsm8k", "arc_easy"]
     with pytest.raises(UserError, match="unknown task nope"):
@@ -111,9 +116,11 @@ def test_eval_chat_writes_results_for_the_stage(fresh_home, capsys):
     saved = json.loads((fresh_home / "evals" / "mid_chat.json").read_text())
     assert saved == report and saved["stage"] == "mid"
     assert [r["task"] for r in saved["results"]] == list(CHAT_TASKS)
-    assert all(r["problems"] == min(3, len(CHAT_TASKS[r["task"]](fresh_home))) for r in saved["results"])
+    assert all(r["problems"] == min(3, r["available"]) and r["available"] == len(CHAT_TASKS[r["task"]](fresh_home))
+               for r in saved["results"])
     assert all(0 <= r["accuracy"] <= 1 for r in saved["results"])
     assert all(0 <= r["letter_rate" if r["kind"] == "categorical" else "stop_rate"] <= 1 for r in saved["results"])
     assert saved["chatcore"] == pytest.approx(chat_core(saved["results"]))
+    assert saved["chatcore_tasks"] == list(CHATCORE_TASKS) and saved["sandbox"] == describe_sandbox()
     out = capsys.readouterr().out
     assert "| arithmetic | 3 |" in out and "ChatCORE" in out

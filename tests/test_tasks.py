@@ -1,15 +1,20 @@
-"""Tasks made by code: arithmetic with the calculator, SpellingBee, identity; the answer parser; splits.
+"""Tasks made by code: arithmetic with the calculator, SpellingBee, identity; the answer parser; splits, and
+for every task of the training mixture that has both splits, that no eval item is a training item.
 
     python -m pytest tests/test_tasks.py
 """
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 
 from picochat.calculator import calculate
 from picochat.chat import render_conversation
 from picochat.common import UserError
+from picochat.stages import mid_mixture
 from picochat.tasks import final_number
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.identity import Identity
@@ -40,7 +45,28 @@ def test_arithmetic_train_and_eval_are_drawn_apart_and_repeatable():
     train, evals = ArithmeticWithTool("train"), ArithmeticWithTool("eval")
     assert (len(train), len(evals)) == (5_000, 500)
     assert train[5] == ArithmeticWithTool("train")[5]
-    assert sum(train[i]["messages"][0] == evals[i]["messages"][0] for i in range(200)) < 5
+    assert len(asked(evals)) > 450  # few repeats within a split, and none across (the test below)
+
+
+def asked(task) -> set[str]:
+    """What each item asks the model: the conversation without its last answer, or a plain document."""
+    return {json.dumps(task.prompt(i) if "messages" in task[i] else task[i], sort_keys=True)
+            for i in range(len(task))}
+
+
+def test_no_eval_item_is_a_training_item_in_any_task_with_both_splits(tiny_home):
+    """Over the one list of training tasks (mid's mixture: every chat task, plus pretraining text): each
+    task's whole eval split against its whole train split, as sets, not index by index."""
+    config = SimpleNamespace(home_path=tiny_home)
+    evals = {task.name: task for task, _ in mid_mixture(config, "eval")}
+    checked = []
+    for train, _ in mid_mixture(config, "train"):
+        if train.name in evals:
+            overlap = asked(train) & asked(evals[train.name])
+            assert not overlap, f"{train.name}: {len(overlap)} eval items are training items, e.g. {min(overlap)}"
+            checked.append(train.name)
+    assert {"arithmetic", "spelling_bee", "chitchat", "chatterbot", "mathematics", "mc_practice",
+            "pretraining_text"} <= set(checked)
 
 
 def test_the_tool_output_is_masked_and_the_call_is_trained(tiny_tokenizer):

@@ -8,9 +8,11 @@ Two kinds of task, both batched across problems:
   included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
   often the model ended its answer itself rather than running into --max-tokens.
 
-ChatCORE is the mean over tasks of the accuracy centred against random guessing, (acc - r) / (1 - r),
-with r = 1/choices for categorical tasks and 0 for generative ones. Every accuracy comes with its standard
-error. Results go to $PICOCHAT_HOME/evals/<stage>_chat.json for the report.
+ChatCORE is nanochat's: the mean over its six chat tasks (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval,
+SpellingBee) of the accuracy centred against random guessing, (acc - r) / (1 - r), with r = 1/choices for
+categorical tasks and 0 for generative ones. Arithmetic with the tool is reported on its own line, outside
+ChatCORE: the model trains on problems made by the same code. Every accuracy comes with its standard error.
+Results, and which sandbox ran HumanEval's programs, go to $PICOCHAT_HOME/evals/<stage>_chat.json.
 
     picochat eval chat --max-problems 100 --tasks arc_easy,gsm8k
 """
@@ -29,6 +31,7 @@ from tqdm import tqdm
 from picochat.common import UserError, atomic_write_text, print0
 from picochat.config import build, option
 from picochat.engine import Engine, LoadConfig, Sampling
+from picochat.sandbox import describe as describe_sandbox
 from picochat.tasks import Task
 from picochat.tasks.arc import ARC
 from picochat.tasks.arithmetic import ArithmeticWithTool
@@ -47,6 +50,7 @@ CHAT_TASKS: dict[str, Callable[..., Task]] = {
     "spelling_bee": lambda home: SpellingBee.from_corpus(home, "eval"),
     "arithmetic": lambda home: ArithmeticWithTool("eval"),
 }
+CHATCORE_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spelling_bee")  # nanochat's six
 
 
 @dataclass
@@ -86,7 +90,8 @@ def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int
                 in_format += sum(answer["finish_reason"] == "stop" for answer in answers)
             bar.update(len(indices))
     accuracy = correct / count
-    result = {"task": task.name, "kind": task.kind, "problems": count, "correct": correct, "accuracy": accuracy,
+    result = {"task": task.name, "kind": task.kind, "problems": count, "available": len(task), "correct": correct,
+              "accuracy": accuracy,
               "stderr": math.sqrt(accuracy * (1 - accuracy) / count), "random_baseline": task.random_baseline,
               "centered": (accuracy - task.random_baseline) / (1 - task.random_baseline),
               "seconds": round(time.perf_counter() - start, 1), "source": task.source, "license": task.license}
@@ -114,9 +119,11 @@ def letter_id(engine: Engine, letter: str) -> int:
     return ids[0]
 
 
-def chat_core(results: list[dict]) -> float:
-    """Mean centred accuracy over the tasks evaluated."""
-    return sum(r["centered"] for r in results) / len(results)
+def chat_core(results: list[dict]) -> float | None:
+    """Mean centred accuracy over nanochat's six chat tasks; None unless all six were evaluated (a mean over
+    fewer tasks would be another number under the same name)."""
+    centred = {r["task"]: r["centered"] for r in results if r["task"] in CHATCORE_TASKS}
+    return sum(centred.values()) / len(CHATCORE_TASKS) if len(centred) == len(CHATCORE_TASKS) else None
 
 
 def run(args) -> dict:
@@ -124,6 +131,9 @@ def run(args) -> dict:
     names = task_names(config.tasks)
     engine = Engine.load(load)
     home = load.home_path
+    sandbox = describe_sandbox() if "humaneval" in names else None
+    if sandbox:
+        print0(f"sandbox: {sandbox}")
     results = [evaluate_task(engine, CHAT_TASKS[name](home), config.max_problems, config.max_tokens,
                              config.batch_size) for name in names]
     print0("| task | problems | accuracy | +- stderr | centred | in format | seconds |\n"
@@ -132,9 +142,14 @@ def run(args) -> dict:
         in_format = r.get("letter_rate", r.get("stop_rate"))
         print0(f"| {r['task']} | {r['problems']} | {r['accuracy']:.1%} | {r['stderr']:.1%} | "
                f"{r['centered']:.3f} | {in_format:.0%} | {r['seconds']} |")
-    report = {**engine.info, "chatcore": chat_core(results), "results": results}
-    print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {len(results)} tasks); in format: "
-           "the share of letter answers (multiple choice) or of answers the model ended itself")
+    report = {**engine.info, "chatcore": chat_core(results), "chatcore_tasks": list(CHATCORE_TASKS),
+              "sandbox": sandbox, "results": results}
+    if report["chatcore"] is None:
+        print0(f"ChatCORE: not computed (it needs all of {', '.join(CHATCORE_TASKS)})")
+    else:
+        print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {', '.join(CHATCORE_TASKS)}; "
+               "arithmetic is outside it)")
+    print0("in format: the share of letter answers (multiple choice) or of answers the model ended itself")
     path = home / "evals" / f"{engine.info['stage']}_chat.json"
     atomic_write_text(path, json.dumps(report, indent=2))
     print0(f"results: {path}")

