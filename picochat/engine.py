@@ -110,13 +110,20 @@ class Sampling:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise UserError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.seed is not None and not -2**63 <= self.seed < 2**63:  # what torch.Generator takes, and int64's range
+            raise UserError(f"seed must be a 64-bit signed integer, got {self.seed}")
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
     """logits: (N, V) -> (N,) token ids."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / sampling.temperature
+    scaled = logits / sampling.temperature
+    # A temperature so small that the division overflows (1e-40: a logit of 1 becomes inf) would make
+    # softmax compute inf - inf = NaN; so close to 0, sampling is greedy anyway.
+    if not torch.isfinite(scaled).all():
+        return logits.argmax(dim=-1)
+    logits = scaled
     if sampling.top_k:
         kth = torch.topk(logits, min(sampling.top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -135,6 +142,7 @@ class Row:
     forced: list[int] = field(default_factory=list)   # tool output to feed before sampling again
     expression: list[int] | None = None               # tokens since <|python_start|>, while in a call
     done: bool = False
+    last_forced: bool = False                         # the token it took last was tool output, not sampled
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,11 +177,12 @@ class Engine:
         return engine
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], sampling: Sampling,
-                 num_samples: int = 1) -> Iterator[list[int | None]]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1,
+                 rows: list[Row] | None = None) -> Iterator[list[int | None]]:
         """Yield, per step, one new token per row (None for a row that has finished). There is a row per
-        sample of each prompt, prompt-major; a prompt's samples share its prefill, rows stop independently."""
-        rows = [Row() for _ in range(len(prompts) * num_samples)]
+        sample of each prompt, prompt-major; a prompt's samples share its prefill, rows stop independently.
+        Pass `rows` (a fresh Row per sample) to read their state after each step, as complete() does."""
+        rows = rows if rows is not None else [Row() for _ in range(len(prompts) * num_samples)]
         generator = torch.Generator(device=self.runtime.device)
         if sampling.seed is None:
             generator.seed()  # a fresh random seed for this generator only
@@ -223,6 +232,7 @@ class Engine:
         """The token this row takes this step: forced tool output first, else the sampled one."""
         if row.done:
             return None
+        row.last_forced = bool(row.forced)
         token = row.forced.pop(0) if row.forced else sampled
         if token in self.stop_ids:
             row.done = True
@@ -254,15 +264,19 @@ class Engine:
             yield tail
 
     def complete(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1) -> list[dict]:
-        """Whole samples, a row per sample of each prompt (prompt-major): {"tokens", "text", "finish_reason"};
-        "stop" when the row ended itself, "length" when max_tokens cut it."""
-        tokens: list[list[int]] = [[] for _ in range(len(prompts) * num_samples)]
-        for step in self.generate(prompts, sampling, num_samples):
-            for row_tokens, token in zip(tokens, step):
+        """Whole samples, a row per sample of each prompt (prompt-major): {"tokens", "forced", "text",
+        "finish_reason"}. "forced" flags each token the engine fed in (the calculator's output) rather than
+        sampled; "stop" when the row ended itself, "length" when max_tokens cut it."""
+        rows = [Row() for _ in range(len(prompts) * num_samples)]
+        tokens: list[list[int]] = [[] for _ in rows]
+        forced: list[list[bool]] = [[] for _ in rows]
+        for step in self.generate(prompts, sampling, num_samples, rows):
+            for index, token in enumerate(step):
                 if token is not None:
-                    row_tokens.append(token)
-        return [{"tokens": t, "text": self.visible_text(t),
-                 "finish_reason": "stop" if t and t[-1] in self.stop_ids else "length"} for t in tokens]
+                    tokens[index].append(token)
+                    forced[index].append(rows[index].last_forced)
+        return [{"tokens": t, "forced": f, "text": self.visible_text(t),
+                 "finish_reason": "stop" if t and t[-1] in self.stop_ids else "length"} for t, f in zip(tokens, forced)]
 
     def visible_text(self, tokens: list[int]) -> str:
         stream = TextStream(self.tokenizer)

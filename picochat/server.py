@@ -5,22 +5,27 @@
 Routes: GET / (the chat page, ui/index.html: no build step, no CDN), POST /v1/chat/completions (streamed
 as server-sent events or whole), GET /v1/models, GET /health. The model answers one request at a time
 (one CPU, one model); up to --max-queue requests wait their turn and more are turned away at once with 429.
-A client that goes away mid-answer stops its generation within one token and frees its place.
+A client that goes away, streaming or not, stops its generation within one token and frees its place.
+
+Every limit holds before the work it bounds: the body's size before it is parsed, the number of characters
+before anything is tokenized, the queue before tokenizing, and the model's context (the sequence length it
+was trained on) and the KV-cache budget (--kv-cache-mb) before any token is generated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Awaitable, Callable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from picochat.common import UserError
 from picochat.config import build, option
@@ -28,8 +33,11 @@ from picochat.engine import Engine, LoadConfig, Sampling, TextStream
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 MAX_MESSAGES = 64
-MAX_MESSAGE_CHARS = 20_000
+MAX_MESSAGE_CHARS = 20_000   # one message: its string, or all its text parts together
+MAX_TOTAL_CHARS = 100_000    # all messages together: bounds what the tokenizer does for one request
+MAX_BODY_BYTES = 2_000_000   # MAX_TOTAL_CHARS of JSON even at 12 bytes a character (an escaped emoji)
 MAX_SAMPLES = 8
+MAX_STOPS = 4
 
 
 @dataclass
@@ -38,12 +46,16 @@ class ServeConfig:
     port: int = option(8000, "port to listen on")
     max_tokens: int = option(512, "the longest answer a request may ask for")
     max_queue: int = option(32, "requests admitted at once (one generating, the rest waiting); more get 429")
+    kv_cache_mb: float = option(1000.0, "KV cache one request may fill, in MB (10^6 bytes): n x (prompt + "
+                                        "max_tokens) tokens; a request that needs more gets 400")
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port must be in 0..65535, got {self.port}")
         if self.max_tokens < 1 or self.max_queue < 1:
             raise UserError("--max-tokens and --max-queue must be >= 1")
+        if not self.kv_cache_mb > 0:
+            raise UserError(f"--kv-cache-mb must be > 0, got {self.kv_cache_mb}")
 
 
 def run(args) -> None:
@@ -52,7 +64,7 @@ def run(args) -> None:
     config = build(ServeConfig, args)
     check_port_free(config.host, config.port)  # before the model loads: a taken port is a one-line error
     engine = Engine.load(build(LoadConfig, args))
-    app = create_app(engine, config.max_tokens, config.max_queue)
+    app = create_app(engine, config)
     print(f"picochat serve: http://{config.host}:{config.port} (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
@@ -76,7 +88,15 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+    content: str | list[TextPart]
+
+    @model_validator(mode="after")
+    def bounded(self) -> "Message":
+        length = len(self.text())
+        if length > MAX_MESSAGE_CHARS:
+            raise ValueError(f"a message holds at most {MAX_MESSAGE_CHARS} characters (text parts together), "
+                             f"this one {length}")
+        return self
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
@@ -93,10 +113,26 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # not in OpenAI's API; the chat page uses it
     n: int = Field(1, ge=1, le=MAX_SAMPLES)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | list[str] | None = Field(default_factory=list)  # a list once validated
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)  # int64, as OpenAI declares it; torch's generator takes it
     stream: bool = False
     stream_options: dict | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def bounded(cls, messages: list[Message]) -> list[Message]:
+        total = sum(len(message.text()) for message in messages)
+        if total > MAX_TOTAL_CHARS:
+            raise ValueError(f"the messages hold at most {MAX_TOTAL_CHARS} characters together, these {total}")
+        return messages
+
+    @field_validator("stop")
+    @classmethod
+    def stop_strings(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOPS or not all(stops):
+            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings")
+        return stops
 
 
 def conversation(messages) -> dict:
@@ -126,6 +162,38 @@ class RequestError(Exception):
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def failure_body(error: Exception) -> dict:
+    """The error body for something that went wrong while answering: a UserError (one of the engine's own
+    checks) is the request's fault; anything else is the server's, and its traceback goes to the server's log."""
+    if isinstance(error, UserError):
+        return error_body(str(error))
+    logging.getLogger("uvicorn.error").error("answering a request failed", exc_info=error)
+    return error_body(f"the server failed while answering ({type(error).__name__}: {error})", "server_error")
+
+
+async def read_request(request) -> ChatRequest:
+    """The body as a ChatRequest. Reading stops at MAX_BODY_BYTES (413), so a huge body is never held or
+    parsed."""
+    from starlette.requests import ClientDisconnect  # starlette comes with FastAPI, imported when serving
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", status=413)
+    except ClientDisconnect:  # nobody is left to answer; say so in one line rather than a traceback in the log
+        raise RequestError("the client hung up while sending its request") from None
+    try:
+        return ChatRequest.model_validate_json(bytes(body))
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise RequestError("the request body is not valid JSON") from None
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]  # our validators'
+        raise RequestError(f"{message} ({param or 'body'})", param) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,30 +259,48 @@ class Gate:
     def leave(self) -> None:
         self.admitted -= 1
 
+    async def prepare(self, make: Callable[[], Job]) -> Job:
+        """Admit a request, then build its job in a worker thread: tokenizing is work, so it waits for a
+        place and keeps the event loop free. A request refused there frees its place."""
+        self.admit()
+        try:
+            return await asyncio.to_thread(make)
+        except BaseException:
+            self.leave()
+            raise
+
 
 class Generation:
     """One admitted request's generation: a task that waits for the model, runs job.events() in a worker
     thread and queues what it yields. The task, not the reader, frees the request's place, so a place is
-    freed even if no one ever reads; a reader that leaves (a client that disconnected) stops the
-    generation within one token."""
+    freed even if no one ever reads. The task also listens to the connection (`receive`, the request's
+    ASGI receive, returns http.disconnect once the client has gone): a client that hangs up, or a reader
+    that leaves, stops the generation within one token."""
 
     FINISHED = object()
 
-    def __init__(self, job: Job, gate: Gate):
+    def __init__(self, job: Job, gate: Gate, receive: Callable[[], Awaitable[dict]]):
         self.job, self.gate = job, gate
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
-        self.task = asyncio.create_task(self.run())
+        self.task = asyncio.create_task(self.run(receive))
 
-    async def run(self) -> None:
+    async def run(self, receive: Callable[[], Awaitable[dict]]) -> None:
         loop = asyncio.get_running_loop()
+        listener = asyncio.create_task(self.cancel_on_hang_up(receive))
         try:
             async with self.gate.model:
                 if not self.cancel.is_set():
                     await loop.run_in_executor(None, self.work, loop)
         finally:
+            listener.cancel()
             self.gate.leave()
             self.queue.put_nowait(self.FINISHED)
+
+    async def cancel_on_hang_up(self, receive: Callable[[], Awaitable[dict]]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the body was read already; nothing else comes before the disconnect
+        self.cancel.set()
 
     def work(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -237,24 +323,14 @@ class Generation:
 # ----------------------------------------------------------------------------------------------------------
 # The app
 
-def create_app(engine: Engine, max_tokens: int = 512, max_queue: int = 32):
+def create_app(engine: Engine, config: ServeConfig | None = None):
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+    config = config or ServeConfig()
     app = FastAPI(title="picochat", docs_url=None, redoc_url=None)
-    gate = Gate(max_queue)
+    gate = Gate(config.max_queue)
     model_id = f"picochat-{engine.info.get('stage', 'model')}-step{engine.info.get('step', 0)}"
-    context = engine.model.cos.size(1)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError):
-        first = error.errors()[0]
-        if first.get("type") == "json_invalid":
-            return JSONResponse(error_body("the request body is not valid JSON"), status_code=400)
-        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        return JSONResponse(error_body(f"{first.get('msg', 'invalid request')} ({param or 'body'})", param=param),
-                            status_code=400)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError):
@@ -272,39 +348,51 @@ def create_app(engine: Engine, max_tokens: int = 512, max_queue: int = 32):
     async def models():
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "picochat"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
-        job = make_job(engine, body, max_tokens, context)
-        gate.admit()
-        generation, reply = Generation(job, gate), Reply(model_id, job)
+    async def chat_completions(request: Request):  # a plain Starlette route: it reads (and bounds) its own body
+        body = await read_request(request)
+        job = await gate.prepare(lambda: make_job(engine, body, config))
+        generation, reply = Generation(job, gate, request.receive), Reply(model_id, job)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(reply.stream(generation.events(), include_usage), media_type="text/event-stream")
         try:
             async for row, delta, reason in generation.events():
                 reply.add(row, delta, reason)
-        except UserError as error:
-            raise RequestError(str(error)) from error
-        return reply.whole()
+        except Exception as error:  # as in a stream: a UserError is the request's fault, the rest the server's
+            return JSONResponse(failure_body(error), status_code=400 if isinstance(error, UserError) else 500)
+        return JSONResponse(reply.whole())
 
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     return app
 
 
-def make_job(engine: Engine, body, max_tokens: int, context: int) -> Job:
+def make_job(engine: Engine, body: ChatRequest, config: ServeConfig) -> Job:
+    """Tokenize the messages and hold the request to the model's context and to the KV-cache budget."""
     try:
         prompt = engine.prompt_ids(conversation(body.messages))
     except UserError as error:
         raise RequestError(str(error), "messages") from error
-    wanted = min(body.max_completion_tokens or body.max_tokens or max_tokens, max_tokens)
-    room = context - len(prompt)
-    if room < 1:
-        raise RequestError(f"the messages are {len(prompt)} tokens; this model reads at most {context - 1}",
-                           "messages")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > 4 or any(not stop for stop in stops):
-        raise RequestError("stop takes up to 4 non-empty strings", "stop")
-    sampling = Sampling(body.temperature, body.top_k, body.top_p, min(wanted, room), body.seed)
-    return Job(engine, prompt, sampling, body.n, stops)
+    # The length it was trained on: the rotary table runs 10x further, into positions it never learned.
+    context = engine.model.config.sequence_len
+    if len(prompt) >= context:
+        raise RequestError(f"the messages are {len(prompt)} tokens; this model reads at most {context - 1} "
+                           f"(its context is {context} tokens, answer included)", "messages")
+    wanted = body.max_completion_tokens or body.max_tokens or config.max_tokens
+    max_tokens = min(wanted, config.max_tokens, context - len(prompt))
+    check_kv_cache(engine, body.n, len(prompt) + max_tokens, config.kv_cache_mb)
+    sampling = Sampling(body.temperature, body.top_k, body.top_p, max_tokens, body.seed)
+    return Job(engine, prompt, sampling, body.n, body.stop)
+
+
+def check_kv_cache(engine: Engine, samples: int, length: int, budget_mb: float) -> None:
+    """The KV cache holds a key and a value per layer, KV head and position, for each of the n samples."""
+    model = engine.model.config
+    per_token = 2 * model.n_layer * model.n_kv_head * model.head_dim * engine.cache_dtype().itemsize
+    needed_mb = samples * length * per_token / 1e6
+    if needed_mb > budget_mb:
+        raise RequestError(f"n={samples} x {length} tokens (prompt + max_tokens) need {needed_mb:.3g} MB of KV "
+                           f"cache, over this server's {budget_mb:g} MB a request (--kv-cache-mb); ask for "
+                           "fewer samples or max_tokens", "n")
 
 
 class Reply:
@@ -343,8 +431,8 @@ class Reply:
             async for row, delta, reason in events:
                 self.add(row, delta, reason)
                 yield self.chunk([{"index": row, "delta": {"content": delta} if delta else {}, "finish_reason": reason}])
-        except UserError as error:
-            yield f"data: {json.dumps(error_body(str(error)))}\n\n"
-        if include_usage:
-            yield self.chunk([], self.usage())
+            if include_usage:
+                yield self.chunk([], self.usage())
+        except Exception as error:  # the 200 is sent: the stream itself says what went wrong, as OpenAI's does
+            yield f"data: {json.dumps(failure_body(error))}\n\n"
         yield "data: [DONE]\n\n"

@@ -169,6 +169,7 @@ def test_the_calculator_result_is_forced_into_the_row(tiny_tokenizer, expression
     prompt = [t.bos_id]
     sample = scripted_engine(t, [script], prompt).complete([prompt], Sampling(temperature=0, max_tokens=100))[0]
     assert sample["tokens"] == call + forced + t.encode(" done") + [special("<|assistant_end|>")]
+    assert sample["forced"] == [False] * len(call) + [True] * len(forced) + [False] * (len(t.encode(" done")) + 1)
     assert sample["text"].startswith(f"<<{expression}={result}") and sample["text"].endswith(">> done")
 
 
@@ -191,9 +192,12 @@ def test_stream_yields_the_answer_as_text(engine):
 
 
 def test_sampling_settings_are_checked():
-    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(max_tokens=0)):
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(max_tokens=0),
+                dict(seed=2**64), dict(seed=2**63), dict(seed=-2**63 - 1)):
         with pytest.raises(UserError):
             Sampling(**bad)
+    for seed in (2**63 - 1, -2**63):  # the ends of the range seed a generator
+        torch.Generator().manual_seed(Sampling(seed=seed).seed)
 
 
 def test_a_prompt_longer_than_the_context_is_refused(engine):

@@ -1,11 +1,13 @@
 """`picochat serve` on 127.0.0.1: the OpenAI client (whole and streamed), the chat page in headless
-Chromium, bad requests (4xx, and the server keeps serving), the bounded queue, disconnects, stop strings.
+Chromium, bad requests and the server's limits (4xx, and the server keeps serving), the bounded queue,
+hang-ups, errors inside a stream, stop strings.
 
     python -m pytest tests/test_server.py
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,7 +23,8 @@ import pytest
 from helpers import TINY, flags_dict
 from picochat.common import Runtime
 from picochat.engine import Engine
-from picochat.server import conversation, create_app, Message
+from picochat import server as serving
+from picochat.server import conversation, create_app, Message, ServeConfig
 from picochat.train import run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -32,7 +35,8 @@ def engine(tmp_path_factory, tiny_home) -> Engine:
     import torch
     home = tmp_path_factory.mktemp("serve") / "home"
     shutil.copytree(tiny_home, home)
-    run(flags_dict(*TINY, "--num-iterations", "20", "--home", str(home)))
+    # sequence_len 128: room for the answers below, and a prompt past it is still inside the rotary table (10x)
+    run(flags_dict(*TINY, "--max-seq-len", "128", "--num-iterations", "20", "--home", str(home)))
     return Engine.from_checkpoint(home, runtime=Runtime(torch.device("cpu"), torch.float32), quiet=True)
 
 
@@ -58,9 +62,14 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+# 0.1 MB of KV cache a request: the tiny model's token takes 512 bytes (1 layer x 1 KV head x 64 dims x a key and
+# a value x 4 bytes), so n=3 answers of 10 tokens fit and n=8 of 64 do not.
+SERVED = ServeConfig(max_tokens=64, max_queue=32, kv_cache_mb=0.1)
+
+
 @pytest.fixture(scope="module")
 def server(engine):
-    live = LiveServer(create_app(engine, max_tokens=64, max_queue=32))
+    live = LiveServer(create_app(engine, SERVED))
     yield live
     live.stop()
 
@@ -144,7 +153,11 @@ def post(server, body: dict) -> dict:
 
 # ---- bad requests and load -----------------------------------------------------------------------------
 
-def malformed_requests() -> list:
+TOO_LONG_PROMPT = "hello " * 200  # over the tiny model's 128-token context, well inside its rotary table
+
+
+def malformed_requests() -> list[tuple[bytes, int, str]]:
+    """(body, status, a fragment of the error message, or "" where any message will do)."""
     good = {"messages": HELLO, "max_tokens": 4}
     bodies = [b"{bad json", b"", b"[]", b"null", b"42", "\udcff".encode("utf-8", "surrogatepass"), b"\xff\xfe"]
     variants = [
@@ -156,8 +169,22 @@ def malformed_requests() -> list:
         {"n": 100}, {"max_tokens": 0}, {"max_tokens": "many"}, {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]},
         {"stop": 5}, {"seed": "x"}, {"stream": "yes please"}, {"top_k": -3},
     ]
-    requests = [("raw", body) for body in bodies]
-    requests += [("json", variant if "messages" in variant else {**good, **variant}) for variant in variants]
+    requests = [(body, 400, "") for body in bodies]
+    requests += [(json.dumps(v if "messages" in v else {**good, **v}).encode(), 400, "") for v in variants]
+    limits = [  # the server's limits, each held before the work it bounds
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 30_000}]}]}, 400,
+         "a message holds at most 20000 characters (text parts together), this one 30000 (messages.0)"),
+        ({"messages": [{"role": "user", "content": "x" * 19_000}] * 6}, 400,
+         "the messages hold at most 100000 characters together, these 114000 (messages)"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 5_000_000}]}]}, 413,
+         "the request body is over 2000000 bytes"),
+        ({"messages": [{"role": "user", "content": TOO_LONG_PROMPT}]}, 400, "this model reads at most 127"),
+        ({**good, "n": 8, "max_tokens": 64}, 400, "over this server's 0.1 MB a request (--kv-cache-mb)"),
+        ({**good, "seed": 2**64}, 400, "Input should be less than or equal to 9223372036854775807 (seed)"),
+        ({**good, "seed": -2**63 - 1}, 400, "(seed)"),
+    ]
+    requests += [(json.dumps(body).encode(), status, message) for body, status, message in limits]
+    requests.append((b'{"messages": ' + b" " * 2_000_000 + b"[]}", 413, "the request body is over 2000000 bytes"))
     return requests
 
 
@@ -165,16 +192,37 @@ def test_200_malformed_requests_get_4xx_and_the_server_keeps_serving(server):
     requests = malformed_requests()
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for index in range(200):
-            kind, body = requests[index % len(requests)]
-            if kind == "raw":
-                response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-            else:
-                response = http.post("/v1/chat/completions", json=body)
-            assert 400 <= response.status_code < 500, (body, response.text)
+            body, status, message = requests[index % len(requests)]
+            response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (body[:200], response.text[:500])
             error = response.json()["error"]
-            assert error["type"] == "invalid_request_error" and error["message"]
+            assert error["type"] == "invalid_request_error" and error["message"], error
+            assert message in error["message"] and "\n" not in error["message"], error
         assert http.get("/v1/chat/completions").status_code == 405
     assert post(server, {"messages": HELLO, "max_tokens": 4})["text"] is not None
+
+
+def test_the_openai_client_sees_the_limits_as_bad_requests(server, engine):
+    from openai import BadRequestError
+    api = client(server)
+    assert len(engine.prompt_ids({"messages": [{"role": "user", "content": TOO_LONG_PROMPT}]})) in range(128, 1280)
+    for too_much in ({"seed": 2**64}, {"n": 8, "max_tokens": 64},
+                     {"messages": [{"role": "user", "content": TOO_LONG_PROMPT}]}):
+        with pytest.raises(BadRequestError):
+            api.chat.completions.create(**{"model": "x", "messages": HELLO, **too_much})
+    assert len(api.chat.completions.create(model="x", messages=HELLO, n=3, max_tokens=10).choices) == 3
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(server, engine):
+    api = client(server)
+    greedy = api.chat.completions.create(model="x", messages=HELLO, max_tokens=16, temperature=0)
+    tiny = api.chat.completions.create(model="x", messages=HELLO, max_tokens=16, temperature=1e-40)
+    chunks = api.chat.completions.create(model="x", messages=HELLO, max_tokens=16, temperature=1e-40, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # raises on an error event
+    assert tiny.choices[0].message.content == streamed == greedy.choices[0].message.content
+    prompt = engine.prompt_ids({"messages": HELLO})  # the engine itself, for every caller
+    assert engine.complete([prompt], sampling(temperature=1e-40, max_tokens=8, seed=1)) == \
+        engine.complete([prompt], sampling(temperature=0, max_tokens=8))
 
 
 def test_16_concurrent_streaming_clients_all_finish(server):
@@ -188,32 +236,116 @@ def test_16_concurrent_streaming_clients_all_finish(server):
     assert httpx.get(server.url + "/health").json()["admitted"] == 0
 
 
-def test_beyond_the_queue_requests_get_429(engine):
-    live = LiveServer(create_app(engine, max_tokens=400, max_queue=2))
+# ---- a scripted engine: the queue, hang-ups and failures, counted in tokens -------------------------------
+
+class Scripted(Engine):
+    """The tiny engine with scripted generation: one visible token a step and never the end token, each step
+    waiting for a permit the test releases; it counts steps and tokenizations, and notes the tokenizing
+    threads. `fail_at` makes that step of each answer raise, as a broken model would."""
+
+    def __init__(self, real: Engine, fail_at: int = 0):
+        super().__init__(real.model, real.tokenizer, real.runtime)
+        self.info, self.fail_at = real.info, fail_at
+        self.token = real.tokenizer.encode("a")[0]
+        self.permits = threading.Semaphore(0)
+        self.steps, self.tokenized, self.tokenizing_threads = 0, 0, set()
+
+    def prompt_ids(self, conversation: dict) -> list[int]:
+        self.tokenized += 1
+        self.tokenizing_threads.add(threading.get_ident())
+        return super().prompt_ids(conversation)
+
+    def generate(self, prompts, sampling, num_samples=1):
+        for step in range(1, sampling.max_tokens + 1):
+            self.permits.acquire()
+            self.steps += 1
+            if step == self.fail_at:
+                raise RuntimeError("the scripted model broke")
+            yield [self.token] * (len(prompts) * num_samples)
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def admitted(live) -> int:
+    return httpx.get(live.url + "/health").json()["admitted"]
+
+
+def test_beyond_the_queue_requests_get_429_before_they_are_tokenized(engine):
+    scripted = Scripted(engine)
+    live = LiveServer(create_app(scripted, ServeConfig(max_tokens=8, max_queue=2)))
     try:
-        body = {"messages": HELLO, "max_tokens": 400, "temperature": 1}
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(httpx.post, live.url + "/v1/chat/completions", json=body, timeout=120)
-                       for _ in range(6)]
-            codes = sorted(f.result().status_code for f in futures)
-        assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429}
-        refused = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=120)  # after the rush: served
-        assert refused.status_code == 200
+        body = {"messages": HELLO, "max_tokens": 8}
+        with ThreadPoolExecutor(2) as pool:
+            queued = [pool.submit(httpx.post, live.url + "/v1/chat/completions", json=body, timeout=60)
+                      for _ in range(2)]  # one generating (waiting for permits), one waiting its turn
+            wait_until(lambda: scripted.tokenized == 2, "the two requests were not admitted")
+            refused = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+            assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+            assert scripted.tokenized == 2  # refused before any work
+            scripted.permits.release(16)
+            assert [future.result().status_code for future in queued] == [200, 200]
+        scripted.permits.release(8)
+        assert post(live, body)["finish_reason"] == "length"  # after the rush: served
+        assert live.thread.ident not in scripted.tokenizing_threads  # never on the event loop's thread
     finally:
+        scripted.permits.release(1000)
         live.stop()
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_place(engine):
-    live = LiveServer(create_app(engine, max_tokens=2000, max_queue=1))
+def raw_post(body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(data)) + data
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_stops_its_generation_within_one_token(engine, monkeypatch, stream):
+    generations = []
+
+    class Recorded(serving.Generation):
+        def __init__(self, *args):
+            super().__init__(*args)
+            generations.append(self)
+
+    monkeypatch.setattr(serving, "Generation", Recorded)
+    scripted = Scripted(engine)
+    live = LiveServer(create_app(scripted, ServeConfig(max_queue=1)))
     try:
-        body = {"messages": HELLO, "max_tokens": 2000, "temperature": 1, "stream": True}
-        with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=60) as response:
-            next(response.iter_lines())  # the answer has started; now hang up
-        deadline = time.monotonic() + 20
-        while httpx.get(live.url + "/health").json()["admitted"]:
-            assert time.monotonic() < deadline, "the disconnected client still holds its place"
-            time.sleep(0.05)
-        assert post(live, {"messages": HELLO, "max_tokens": 4})["finish_reason"] in ("stop", "length")
+        scripted.permits.release(3)
+        with socket.create_connection(("127.0.0.1", live.port)) as connection:
+            connection.sendall(raw_post({"messages": HELLO, "max_tokens": 20, "stream": stream}))
+            wait_until(lambda: scripted.steps == 3, "the generation did not start")
+        # hung up, with the generation waiting for its 4th token
+        wait_until(lambda: generations[0].cancel.is_set(), "the server did not notice the hang-up")
+        scripted.permits.release(17)  # the rest of max_tokens: a generation that went on would use them all
+        wait_until(lambda: admitted(live) == 0, "the request still holds its place")
+        assert scripted.steps <= 3 + 1
+        scripted.permits.release(4)
+        assert post(live, {"messages": HELLO, "max_tokens": 4})["finish_reason"] == "length"
+    finally:
+        scripted.permits.release(1000)
+        live.stop()
+
+
+def test_an_error_inside_a_stream_ends_it_with_an_error_event_and_done(engine):
+    scripted = Scripted(engine, fail_at=3)
+    scripted.permits.release(1000)
+    live = LiveServer(create_app(scripted))
+    try:
+        body = {"messages": HELLO, "max_tokens": 10, "stream": True}
+        response = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+        events = [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["type"] == "server_error" and "RuntimeError: the scripted model broke" in error["message"]
+        assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2]) == "aa"
+        whole = httpx.post(live.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+        assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
     finally:
         live.stop()
 
@@ -263,3 +395,15 @@ def test_the_chat_page_streams_an_answer_in_headless_chromium(server, tmp_path):
     finally:
         driver.quit()
     assert (tmp_path / "chat.png").stat().st_size > 1000
+
+
+def test_a_client_that_hangs_up_while_sending_gets_one_line_not_a_traceback():
+    from starlette.requests import ClientDisconnect
+
+    class HungUp:
+        async def stream(self):
+            yield b'{"messages": '
+            raise ClientDisconnect()
+
+    with pytest.raises(serving.RequestError, match="the client hung up while sending its request"):
+        asyncio.run(serving.read_request(HungUp()))
