@@ -223,10 +223,12 @@ class GPT(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return {"total": total, "embedding": embedding, "lm_head": head, "blocks": total - embedding - head}
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token as nanochat counts them: 6 x non-embedding params + attention."""
+    def flops_per_token(self, sequence_len: int = 0) -> float:
+        """Training FLOPs per token as nanochat counts them: 6 x non-embedding params + attention over rows of
+        sequence_len tokens (default: the model's context)."""
         c = self.config
-        return 6 * (self.num_params()["total"] - self.wte.weight.numel()) + 12 * c.n_layer * c.n_embd * c.sequence_len
+        attention = 12 * c.n_layer * c.n_embd * (sequence_len or c.sequence_len)
+        return 6 * (self.num_params()["total"] - self.wte.weight.numel()) + attention
 
     def describe(self) -> dict:
         return {**asdict(self.config), "params": self.num_params(), "flops_per_token": self.flops_per_token()}

@@ -347,7 +347,8 @@ def stages_section(stages: list[StageRun], gpu_hour_price: float, plots: dict[st
                                      "MFU", "peak RSS", "device x processes"], rows, 2)
     text += ("\n\ntok/s and MFU are medians over the step rows of metrics.jsonl; MFU is against the matmul peak "
              "of the same dtype (measured at start-up on a CPU, the datasheet's on a known GPU). Each stage's "
-             "val bpb is on its own validation data.")
+             "val bpb is on its own validation data. RL's tokens are the ones it ran: those it sampled (a forward "
+             "pass each) plus the non-padding tokens of its updates, not its batch shape.")
     text += "\n\n" + cost_line(stages, gpu_hour_price) + "\n\n" + settings_text(stages)
     return text + "\n\n" + (images(plots, ("loss", "lr", "speed")) or "No training metrics to plot yet.")
 
@@ -373,8 +374,8 @@ def settings_text(stages: list[StageRun]) -> str:
         per_step = f["tokens"] / f["step"] if is_number(f.get("tokens")) and f.get("step") else None
         rows.append([s.name, fmt(s.settings["params"], ","), f"{model.get('n_layer')} x {model.get('n_embd')}",
                      f"{model.get('n_head')} ({model.get('n_kv_head')})", fmt(model.get("vocab_size"), ","),
-                     fmt(model.get("sequence_len"), ","), fmt(per_step, ",.0f"), str(config.get("dtype", "-")),
-                     run_length(config)])
+                     fmt(config.get("max_seq_len", model.get("sequence_len")), ","),  # the stage's rows
+                     fmt(per_step, ",.0f"), str(config.get("dtype", "-")), run_length(config)])
         settings = {**config, **s.settings["optim_config"]}
         width = max(map(len, settings), default=0)
         lines = "\n".join(f"{name:<{width}} = {value}" for name, value in settings.items())
@@ -396,11 +397,15 @@ def evals_section(stages: list[StageRun], plots: dict[str, str]) -> str:
     rows = []
     for kind, (label, score_key, score_name) in EVAL_KINDS.items():
         tasks = list(dict.fromkeys(r["task"] for s in stages for r in eval_results(s.evals.get(kind))))
-        for task in tasks:
+        scored = set().union(*[s.evals[kind].get(f"{score_key}_tasks", tasks) for s in stages if s.evals.get(kind)])
+        for task in [task for task in tasks if task in scored]:
             rows.append([label, task] + [accuracy_cell(s.evals.get(kind), task) for s in stages])
         if tasks:
             rows.append([label, f"**{score_name}**"] + [fmt((s.evals.get(kind) or {}).get(score_key), ".4f")
                                                         for s in stages])
+        for task in [task for task in tasks if task not in scored]:  # reported, but not part of the score
+            rows.append([label, f"{task} (outside {score_name})"] + [accuracy_cell(s.evals.get(kind), task)
+                                                                      for s in stages])
     if not rows:
         return ("## Evals\n\nNo evals yet: `picochat eval base` writes evals/base_core.json, `picochat eval chat` "
                 "evals/<stage>_chat.json.")
@@ -428,9 +433,14 @@ def eval_sources(stages: list[StageRun]) -> list[str]:
             problems = sorted({r["problems"] for r in results if is_number(r.get("problems"))})
             line = (f"- {s.name.upper()} {EVAL_KINDS[kind][0]}: evals/{s.name}_{kind}.json, checkpoint step "
                     f"{report.get('step', '?')}, {'/'.join(map(str, problems)) or '?'} problems per task")
+            available = [f"{r['task']} {r['available']:,}" for r in results if is_number(r.get("available"))]
+            if available:
+                line += f" (of {', '.join(available)})"
             final_step = (s.done or {}).get("step")
             if is_number(final_step) and report.get("step") != final_step:
                 line += f" (stale: the stage has since trained to step {final_step})"
+            if report.get("sandbox"):
+                line += f"; HumanEval's programs ran behind: {report['sandbox']}"
             lines.append(line)
     return lines
 

@@ -8,12 +8,14 @@ deviation: that weighs problems by how unsure the model is of them (a group with
 sixteen would get its gradient multiplied by ~4) and divides by zero when all agree; Dr. GRPO argues the
 same. The loss is sum(advantage x cross-entropy) over the sampled tokens, i.e. -advantage x log p: the
 fused lm-head loss with per-token weights, run by the one training loop. The prompt and the calculator's
-output (which the engine forced, the policy did not choose it) are not targets.
+output (the tokens the engine says it forced: the policy did not choose them) are not targets. A step's
+tokens, tok/s and MFU count what it really ran: the tokens sampled and the update's non-padding tokens.
 
 Training problems are the train splits of the arithmetic word problems and the mathematics-dataset
 problems (and GSM8K-train where downloaded); pass@1 (greedy) and pass@k (k samples) are measured on
 their eval splits at every evaluation. Resume is exact: a batch's problems and sampling seed follow from
-the loader's position.
+the loader's position. Its length is --num-iterations or --time-budget; tokens per parameter mean
+nothing here.
 
     picochat train --stage rl --num-iterations 30
 """
@@ -69,45 +71,40 @@ class RolloutBatches:
         rewards = [float(task.score(example, answers[p * self.samples + s]["text"]))
                    for p, (task, example, _) in enumerate(problems) for s in range(self.samples)]
         advantages = group_advantages(rewards, self.samples)
-        rows = [(prompts[r // self.samples], answer["tokens"], advantage)
+        rows = [(prompts[r // self.samples], answer["tokens"], answer["forced"], advantage)
                 for r, (answer, advantage) in enumerate(zip(answers, advantages))]
         self.position += 1
-        generated = sum(len(answer["tokens"]) for answer in answers)
-        self.last_stats = {
-            "reward": round(sum(rewards) / len(rewards), 4),
-            "pass_at_k": round(sum(max(rewards[p * self.samples:(p + 1) * self.samples])
-                                   for p in range(len(problems))) / len(problems), 4),
-            "completion_tokens": round(generated / len(answers), 1),
-            "sample_tok_per_s": round(generated / sample_seconds), "sample_seconds": round(sample_seconds, 3)}
-        inputs, targets, weights = self.batch(rows)
-        self.last_stats["update_tokens"] = inputs.numel()  # what the update's forward and backward run over
-        return inputs, targets, weights
+        self.last_stats = self.stats(rewards, answers, sample_seconds)
+        # What the update's forward and backward really run over: each row without its right padding.
+        self.last_stats["update_tokens"] = sum(len(prompt) + len(tokens) - 1 for prompt, tokens, _, _ in rows)
+        return self.batch(rows)
 
-    def batch(self, rows: list[tuple[list[int], list[int], float]]):
-        """Right-padded (inputs, targets, weights): targets are the sampled tokens, weighted by advantage."""
-        sequences = [prompt + tokens for prompt, tokens, _ in rows]
+    def stats(self, rewards: list[float], answers: list[dict], sample_seconds: float) -> dict:
+        """What the step's metrics record shows of this rank's rollout."""
+        sampled = sum(len(answer["tokens"]) for answer in answers)  # tool output too: each ran a decode step
+        groups = [rewards[start:start + self.samples] for start in range(0, len(rewards), self.samples)]
+        return {"reward": round(sum(rewards) / len(rewards), 4),
+                "pass_at_k": round(sum(max(group) for group in groups) / len(groups), 4),
+                "completion_tokens": round(sampled / len(answers), 1), "rollout_tokens": sampled,
+                "sample_tok_per_s": round(sampled / sample_seconds), "sample_seconds": round(sample_seconds, 3)}
+
+    def batch(self, rows: list[tuple[list[int], list[int], list[bool], float]]):
+        """Right-padded (inputs, targets, weights), each (rows, width), of rows (prompt, tokens, forced,
+        advantage): targets are the tokens the policy sampled, weighted by advantage. The tokens the engine
+        forced (the calculator's output) are not; an <|output_start|> the policy sampled itself is."""
+        sequences = [prompt + tokens for prompt, tokens, _, _ in rows]
         width = max(len(sequence) for sequence in sequences) - 1
         inputs = torch.full((len(rows), width), self.engine.tokenizer.bos_id, dtype=torch.long)
         targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         weights = torch.zeros(len(rows), width)
-        for row, ((prompt, tokens, advantage), sequence) in enumerate(zip(rows, sequences)):
+        for row, ((prompt, tokens, forced, advantage), sequence) in enumerate(zip(rows, sequences)):
             inputs[row, :len(sequence) - 1] = torch.tensor(sequence[:-1])
-            chosen = self.chosen_by_policy(tokens)
-            for offset, (token, trained) in enumerate(zip(tokens, chosen)):
-                if trained:
+            for offset, (token, was_forced) in enumerate(zip(tokens, forced)):
+                if not was_forced:
                     targets[row, len(prompt) - 1 + offset] = token
                     weights[row, len(prompt) - 1 + offset] = advantage
         device = self.engine.runtime.device
         return inputs.to(device), targets.to(device), weights.to(device)
-
-    def chosen_by_policy(self, tokens: list[int]) -> list[bool]:
-        """False for the calculator's output, <|output_start|> ... <|output_end|>: the engine forced it."""
-        chosen, forced = [], False
-        for token in tokens:
-            forced = forced or token == self.engine.output_start
-            chosen.append(not forced)
-            forced = forced and token != self.engine.output_end
-        return chosen
 
 
 def group_advantages(rewards: list[float], group: int) -> list[float]:

@@ -84,6 +84,11 @@ class TrainConfig:
             raise UserError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
         if self.num_iterations and self.time_budget:
             raise UserError("give --num-iterations or --time-budget, not both")
+        if self.stage == "rl" and not (self.num_iterations or self.time_budget):  # tokens/param sizes pretraining
+            raise UserError("--stage rl needs a length: give --num-iterations N or --time-budget MINUTES")
+        if self.stage == "rl" and self.total_batch_size:  # its metrics describe one rollout batch per step
+            raise UserError("--stage rl takes one rollout batch per process per step; drop --total-batch-size "
+                            "(--device-batch-size sets the problems per batch)")
 
     @property
     def home_path(self) -> Path:
@@ -228,10 +233,12 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             loss = train_step(ctx.step_model, ctx.model, ctx.optimizers, batches, runtime,
                               update_if=lambda loss: check_loss(loss, state, config))
             seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
+            tokens, flops = step_work(ctx)
             state.step += 1
-            state.tokens += ctx.tokens_per_step
+            state.tokens += tokens
             state.train_seconds += seconds
-            metrics.log({**step_metrics(ctx, state, loss, lr, seconds), **loader_stats(ctx.train_loader, seconds)})
+            metrics.log({**step_metrics(ctx, state, loss, lr, seconds, tokens, flops),
+                         **loader_stats(ctx.train_loader, seconds)})
             bar.update(state.step, metrics.summary())
             if stop_requested:
                 save(ctx, state)
@@ -396,14 +403,17 @@ def load_init(config: TrainConfig, stage: Stage) -> tuple[Path, dict] | None:
 
 
 def model_shape(config: TrainConfig, tokenizer, start: tuple[Path, dict] | None) -> GPTConfig:
-    """Base: from the flags. A later stage or a resume: from the checkpoint it starts from; only the
-    sequence length follows --max-seq-len (the rotary table is computed, not learnt)."""
+    """Base: from the flags. A later stage or a resume: from the checkpoint it starts from. Its sequence
+    length, the context the engine and server allow, is the longest the model has trained at: a stage with
+    longer rows raises it (the rotary table is computed, not learnt), one with shorter rows (RL's prompts
+    and answers) keeps it."""
     if start is None:
         return GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
                                     config.kv_head_ratio)
     path, checkpoint = start
     check_vocab(tokenizer, checkpoint, path)
-    return GPTConfig(**{**checkpoint["model_config"], "sequence_len": config.max_seq_len})
+    longest = max(config.max_seq_len, checkpoint["model_config"]["sequence_len"])
+    return GPTConfig(**{**checkpoint["model_config"], "sequence_len": longest})
 
 
 def start_state(stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
@@ -431,9 +441,13 @@ def print_setup(config: TrainConfig, optim_config: OptimConfig, stage: Stage, ru
     print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
            f"{describe(config)}\n{describe(optim_config)}")
     print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv); "
-           f"{model.num_params()['total']:,} params, {model.flops_per_token():.3g} FLOPs/token")
-    print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
-           f"{config.max_seq_len} x {runtime.world_size} process(es)")
+           f"{model.num_params()['total']:,} params, {model.flops_per_token(config.max_seq_len):.3g} FLOPs/token")
+    if stage.name == "rl":  # its rows are as long as each prompt and answer: tokens are counted as they run
+        print0(f"batch: {config.device_batch_size} problems x {config.rl_samples} samples per process and step, "
+               f"x {runtime.world_size} process(es)")
+    else:
+        print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
+               f"{config.max_seq_len} x {runtime.world_size} process(es)")
 
 
 def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
@@ -491,13 +505,29 @@ def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f}{more} ({seconds:.1f}s)")
 
 
-def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float) -> dict:
-    tokens_per_second = ctx.tokens_per_step / seconds
-    flops = ctx.model.flops_per_token() * tokens_per_second / ctx.runtime.world_size
+def step_work(ctx: LoopContext) -> tuple[int, float]:
+    """(tokens, FLOPs) of the step just taken, over all ranks: the batch shape's, or for a sampling loader
+    (RL: rollout_tokens in its last_stats) what it really ran. A sampled token is one forward pass, a third
+    of a trained token's FLOPs; an update runs its non-padding tokens."""
+    stats, per_token = getattr(ctx.train_loader, "last_stats", {}), ctx.model.flops_per_token(ctx.config.max_seq_len)
+    if "rollout_tokens" not in stats:
+        return ctx.tokens_per_step, per_token * ctx.tokens_per_step
+    counts = torch.tensor([stats["rollout_tokens"], stats["update_tokens"]], dtype=torch.float64,
+                          device=ctx.runtime.device)
+    if ctx.runtime.distributed:
+        dist.all_reduce(counts)  # each rank sampled answers of its own lengths
+    sampled, updated = counts.tolist()
+    return round(sampled + updated), per_token * (sampled / 3 + updated)
+
+
+def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float, tokens: int,
+                 flops: float) -> dict:
+    """The step's record; tokens and FLOPs are the step's over all ranks (step_work)."""
+    mfu = flops / seconds / ctx.runtime.world_size / ctx.peak_flops
     done = progress(ctx, state)
     eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
-    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens_per_second),
-            "mfu": round(flops / ctx.peak_flops, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
+    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens / seconds),
+            "mfu": round(mfu, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
             "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
 
 
@@ -506,7 +536,7 @@ def loader_stats(loader, step_seconds: float) -> dict:
     stats = dict(getattr(loader, "last_stats", {}))
     if "sample_seconds" in stats:
         stats["update_seconds"] = round(step_seconds - stats["sample_seconds"], 3)
-        stats["update_tok_per_s"] = round(stats.pop("update_tokens") / max(stats["update_seconds"], 1e-6))
+        stats["update_tok_per_s"] = round(stats["update_tokens"] / max(stats["update_seconds"], 1e-6))
     return stats
 
 

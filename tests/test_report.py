@@ -194,6 +194,22 @@ def test_partial_run_marks_the_rest_not_run(tmp_path):
     assert (tmp_path / "report" / "loss.png").exists() and (tmp_path / "report" / "evals.png").exists()
 
 
+def test_arithmetic_is_outside_chatcore_and_the_sandbox_and_task_sizes_are_recorded(tmp_path):
+    write_corpus_files(tmp_path)
+    write_stage(tmp_path, "sft", 20)
+    accuracies = {"arc_easy": 0.3, "spelling_bee": 0.4, "arithmetic": 0.98}
+    evals = write_evals(tmp_path, "sft", "chat", accuracies, 20)
+    evals.update(chatcore=0.05, chatcore_tasks=["arc_easy", "spelling_bee"], sandbox="bubblewrap (test)")
+    for result, available in zip(evals["results"], (2376, 300, 500)):
+        result["available"] = available
+    write_json(tmp_path / "evals" / "sft_chat.json", evals)
+    report = make_report(tmp_path)
+    tasks = [row["task"] for row in table_rows(report, "eval | task") if row["eval"] == "chat"]
+    assert tasks == ["arc_easy", "spelling_bee", "**ChatCORE**", "arithmetic (outside ChatCORE)"]
+    assert "HumanEval's programs ran behind: bubblewrap (test)" in report
+    assert "50 problems per task (of arc_easy 2,376, spelling_bee 300, arithmetic 500)" in report
+
+
 def test_empty_home_still_gets_a_report(tmp_path):
     report = make_report(tmp_path)
     assert "Nothing has run in this home yet" in report

@@ -1,25 +1,31 @@
 """RL on verifiable rewards: group advantages, which tokens are trained (sampled, not prompt or tool
-output) and with what weight, the weighted fused loss, reward rising on a learnable task, exact resume of
-the real stage, and the stage end to end after SFT.
+output) and with what weight, the token counts behind tok/s and MFU, the weighted fused loss, reward
+rising on a learnable task, the required run length, exact resume of the real stage, and the stage end to
+end after SFT, also under torchrun (this file is then its worker too).
 
     python -m pytest tests/test_rl.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from helpers import TINY, flags_dict, step_records, train_cli
+from helpers import TINY, error_line, flags_dict, step_records, train_cli
+from picochat import cli
+from picochat.chat import render_for_completion
 from picochat.checkpoint import checkpoint_dir, load_latest
-from picochat.common import IGNORE_INDEX, Runtime
+from picochat.common import IGNORE_INDEX, Runtime, end_torchrun_worker
 from picochat.data.conversations import ConversationLoader
 from picochat.engine import Engine
 from picochat.model import GPT, GPTConfig
@@ -27,7 +33,8 @@ from picochat.optim import OptimConfig, build_optimizers
 from picochat.progress import read_metrics
 from picochat.rl import RolloutBatches, group_advantages
 from picochat.tasks import Task, final_number
-from picochat.train import run, train_step
+from picochat.train import run, step_work, train_step
+from test_engine import ScriptedModel
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 
@@ -68,20 +75,50 @@ def test_only_sampled_tokens_are_targets_weighted_by_their_advantage(tiny_tokeni
     engine = tiny_engine(tiny_tokenizer)
     rollouts = RolloutBatches(engine, [Digits()], problems_per_batch=1, samples=2, max_tokens=4)
     t = tiny_tokenizer
-    start, end = t.special("<|output_start|>"), t.special("<|output_end|>")
     call = [t.special("<|python_start|>"), *t.encode("3+4"), t.special("<|python_end|>")]
-    tokens = [*t.encode("so"), *call, start, *t.encode("7"), end, *t.encode(" 7"), t.special("<|assistant_end|>")]
+    output = [t.special("<|output_start|>"), *t.encode("7"), t.special("<|output_end|>")]
+    parts = [(t.encode("so") + call, False), (output, True), (t.encode(" 7") + [t.special("<|assistant_end|>")], False)]
+    tokens = [token for part, _ in parts for token in part]
+    forced = [was_forced for part, was_forced in parts for _ in part]
     prompt = engine.prompt_ids(Digits().prompt(0))
-    inputs, targets, weights = rollouts.batch([(prompt, tokens, 0.5), (prompt, tokens[:2], -0.5)])
-    forced = {start, end, *t.encode("7")} - set(t.encode(" 7"))
+    inputs, targets, weights = rollouts.batch([(prompt, tokens, forced, 0.5), (prompt, tokens[:2], forced[:2], -0.5)])
     row = targets[0].tolist()
-    assert all(target == IGNORE_INDEX for target in row[:len(prompt) - 1])  # the prompt is not trained
-    trained = [target for target in row if target != IGNORE_INDEX]
-    assert trained == [tok for tok, chosen in zip(tokens, rollouts.chosen_by_policy(tokens)) if chosen]
-    assert start not in trained and end not in trained and len(trained) == len(tokens) - 3
+    assert inputs[0].tolist() == (prompt + tokens)[:-1]
+    assert row == [IGNORE_INDEX] * (len(prompt) - 1) + [IGNORE_INDEX if f else tok for tok, f in zip(tokens, forced)]
     assert set(weights[0][targets[0] != IGNORE_INDEX].tolist()) == {0.5}
     assert set(weights[1][targets[1] != IGNORE_INDEX].tolist()) == {-0.5} and (weights[1] != 0).sum() == 2
-    assert (weights[targets == IGNORE_INDEX] == 0).all() and forced
+    assert (weights[targets == IGNORE_INDEX] == 0).all()
+
+
+def test_a_rollout_trains_what_the_policy_wrote_and_counts_the_tokens_it_ran(tiny_tokenizer):
+    """The engine says which tokens it forced. Row 0's policy writes <|output_start|> ... <|output_end|>
+    itself (trained: its own choice), then calls the calculator, whose output the engine forces (not
+    trained); row 1 answers in a few tokens. The counts behind tok/s and MFU are the tokens sampled and the
+    update's non-padding tokens, not the batch's padded shape."""
+    t = tiny_tokenizer
+    special = t.special
+    own = [special("<|output_start|>"), *t.encode(" 9"), special("<|output_end|>")]
+    call = [special("<|python_start|>"), *t.encode("3+4"), special("<|python_end|>")]
+    output = [special("<|output_start|>"), *t.encode("7"), special("<|output_end|>")]
+    tail = [*t.encode(" 7"), special("<|assistant_end|>")]
+    short = [own[0], *t.encode(" 8"), special("<|assistant_end|>")]  # a prompt's samples share the first token
+    filler = [t.encode(" x")[0]] * len(output)  # what the script "samples" while the engine feeds the output
+    prompt = render_for_completion(t, Digits().prompt(0))
+    engine = Engine(ScriptedModel(t.vocab_size, [own + call + filler + tail, short], len(prompt)), t, CPU)
+    rollouts = RolloutBatches(engine, [Digits()], problems_per_batch=1, samples=2, max_tokens=40)
+    inputs, targets, weights = next(rollouts)
+    answer = own + call + output + tail
+    assert targets[0, len(prompt) - 1:].tolist() == own + call + [IGNORE_INDEX] * len(output) + tail
+    assert targets[1, len(prompt) - 1:].tolist() == short + [IGNORE_INDEX] * (len(answer) - len(short))
+    assert weights[0, len(prompt) - 1].item() == 0.5  # right answer (7), the group's mean reward is 0.5
+    stats = rollouts.last_stats
+    assert stats["rollout_tokens"] == len(answer) + len(short)
+    assert stats["update_tokens"] == (len(prompt) + len(answer) - 1) + (len(prompt) + len(short) - 1) < inputs.numel()
+    ctx = SimpleNamespace(train_loader=rollouts, model=SimpleNamespace(flops_per_token=lambda length: length * 3.0),
+                          config=SimpleNamespace(max_seq_len=100), runtime=CPU, tokens_per_step=10**6)
+    tokens, flops = step_work(ctx)
+    assert tokens == stats["rollout_tokens"] + stats["update_tokens"]
+    assert flops == pytest.approx(300.0 * (stats["rollout_tokens"] / 3 + stats["update_tokens"]))
 
 
 def test_the_weighted_loss_is_the_sum_of_weighted_token_losses():
@@ -123,6 +160,18 @@ def test_the_reward_rises_on_a_learnable_task(tiny_tokenizer):
     assert early < 0.5 and late > early + 0.3, rewards
 
 
+@pytest.mark.parametrize("flags, names", [([], ("--num-iterations", "--time-budget")),
+                                          (["--target-param-data-ratio", "20"], ("--num-iterations", "--time-budget")),
+                                          (["--num-iterations", "3", "--total-batch-size", "4096"],
+                                           ("--total-batch-size",))])
+def test_the_rl_stage_needs_a_length_and_no_token_batch(flags, names, tmp_path, capsys):
+    """RL is never sized by tokens per parameter; it fails at once, before it touches the home."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--stage", "rl", "--home", str(tmp_path), *flags])
+    line = error_line(capsys)
+    assert all(name in line for name in names) and not any(tmp_path.iterdir())
+
+
 def sft_home(home) -> list[str]:
     """base -> mid -> SFT, a couple of steps each, in home; returns the tiny flags of an RL run there."""
     tiny = [*TINY, "--max-seq-len", "128", "--home", str(home)]
@@ -143,6 +192,8 @@ def test_the_rl_stage_logs_rewards_and_resumes_exactly_after_kill_9(fresh_home, 
     assert [r["step"] for r in records] == list(range(1, 13))
     assert all({"reward", "pass_at_k", "completion_tokens", "sample_tok_per_s", "update_tok_per_s"} <= r.keys()
                for r in records)
+    ran = [r["rollout_tokens"] + r["update_tokens"] for r in records]  # tok/s and MFU count these
+    assert [r["tokens"] for r in records] == [sum(ran[:step]) for step in range(1, 13)]
     evals = read_metrics(checkpoint_dir(reference, "rl") / "metrics.jsonl", "eval")
     assert [e["step"] for e in evals] == [0, 6, 12]  # before, during and after
     assert {"arithmetic_pass1", "arithmetic_pass2", "mathematics_pass1", "mathematics_pass2"} <= evals[-1].keys()
@@ -163,13 +214,38 @@ def test_the_rl_stage_logs_rewards_and_resumes_exactly_after_kill_9(fresh_home, 
 
 
 @pytest.mark.slow
-def test_the_rl_stage_under_torchrun_samples_per_rank(fresh_home):
+def test_the_rl_stage_under_torchrun_samples_per_rank(fresh_home, tmp_path):
+    """Two gloo processes run the real stage (this file is their worker): each rank samples problems of its
+    own, and the checkpoint holds each rank's position."""
     rl = [*sft_home(fresh_home), "--num-iterations", "3"]
     env = {**os.environ, "PICOCHAT_HOME": str(fresh_home)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "picochat.cli", "train", *TINY, *rl]
+               __file__, str(tmp_path), *TINY, *rl]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     _, checkpoint = load_latest(checkpoint_dir(fresh_home, "rl"))
-    assert checkpoint["loaders"] == [{"position": 3}, {"position": 3}]  # each rank its own problems
+    assert checkpoint["loaders"] == [{"position": 3}, {"position": 3}]
     assert [r["step"] for r in step_records(fresh_home, "rl")] == [1, 2, 3]
+    drawn = [json.loads((tmp_path / f"problems-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(drawn[0]) == len(drawn[1]) == 3 * 2  # 3 steps of --device-batch-size 2 problems
+    assert not {json.dumps(p) for p in drawn[0]} & {json.dumps(p) for p in drawn[1]}
+
+
+def train_recording_problems(out: Path, flags: list[str]) -> None:
+    """The torchrun worker: `picochat train FLAGS`, writing the problems this rank drew to out."""
+    drawn, problems = [], RolloutBatches.problems
+
+    def recording(self, position):
+        chosen = problems(self, position)
+        drawn.extend(prompt for _, _, prompt in chosen)
+        return chosen
+
+    RolloutBatches.problems = recording
+    cli.run_command(["train", *flags])
+    rank = int(os.environ["RANK"])
+    (out / f"problems-rank{rank}.json").write_text(json.dumps(drawn))
+    end_torchrun_worker(0)
+
+
+if __name__ == "__main__":
+    train_recording_problems(Path(sys.argv[1]), sys.argv[2:])

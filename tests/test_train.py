@@ -574,6 +574,14 @@ def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
     assert "starting from mid checkpoint" in capsys.readouterr().out
 
 
+def test_a_stage_with_shorter_rows_keeps_the_longest_context_the_model_trained_at(home):
+    run(flags_dict(*TINY, "--num-iterations", "2", "--home", str(home)))  # rows of 32
+    run(flags_dict(*TINY, "--stage", "mid", "--max-seq-len", "16", "--num-iterations", "2", "--home", str(home)))
+    _, checkpoint = load_latest(home / "checkpoints" / "mid")
+    assert checkpoint["model_config"]["sequence_len"] == 32  # the engine and server may use 32
+    assert checkpoint["config"]["max_seq_len"] == 16         # what mid's rows were
+
+
 def test_a_missing_previous_stage_names_the_command(home):
     with pytest.raises(UserError, match=r"--stage sft starts from the newest mid checkpoint, and there is none in .*"
                                         r"run `picochat train --stage mid` first"):
