@@ -99,35 +99,43 @@ def run_program(code: str, timeout: float = 5.0, memory_mb: int = 1024, max_file
     python = os.path.realpath(sys.executable)  # the interpreter itself: a venv's link leads out of the walls
     if not os.access(python, os.X_OK):
         return SandboxResult("error", f"could not start {sys.executable}: no such program", 0.0)
-    ready_read, ready_write = os.pipe()  # the child writes one byte here once its walls stand
-    settings = {**child_settings(timeout, memory_mb, max_file_mb), "ready_fd": ready_write}
-    with tempfile.TemporaryDirectory(prefix="picochat-sandbox-") as folder, tempfile.TemporaryFile() as output, \
-            tempfile.TemporaryFile() as seccomp_filter:
-        folder = os.path.realpath(folder)
-        program = Path(folder, PROGRAM)
+    with tempfile.TemporaryDirectory(prefix="picochat-sandbox-") as folder, tempfile.TemporaryFile() as output:
+        program = Path(os.path.realpath(folder), PROGRAM)
         # A lone surrogate in model output cannot be saved as UTF-8; it becomes "?" (a syntax error at worst).
         program.write_bytes(code.encode("utf-8", errors="replace"))
-        with open(program, "rb") as source:
-            if bubblewrap_problem() is None:
-                seccomp_filter.write(new_process_filter()), seccomp_filter.seek(0)
-                command = bubblewrap_command(python, settings, max_file_mb, source.fileno(), seccomp_filter.fileno())
-                inherited, environment = (ready_write, source.fileno(), seccomp_filter.fileno()), FOLDER_INSIDE
-            else:
-                command = [python, "-I", "-B", "-X", "utf8", os.path.abspath(__file__), json.dumps(settings)]
-                inherited, environment = (ready_write,), folder
-            timed_out, returncode = run_child(command, folder, child_environment(environment), inherited, output,
-                                              timeout)
-        os.close(ready_write)
-        ready = read_ready(ready_read)
+        try:
+            timed_out, returncode, ready = run_child(python, program, output, timeout,
+                                                     child_settings(timeout, memory_mb, max_file_mb), max_file_mb)
+        except OSError as error:
+            return SandboxResult("error", f"could not start the sandbox: {error}", time.perf_counter() - start)
         text = tail(output)
     return SandboxResult(status_of(timed_out, returncode, ready), text, time.perf_counter() - start)
 
 
-def run_child(command: list[str], folder: str, environment: dict[str, str], inherited: tuple[int, ...],
-              output: BinaryIO, timeout: float) -> tuple[bool, int]:
-    """(timed out, exit status) of command, run in a session of its own that is killed whole afterwards."""
-    child = subprocess.Popen(command, cwd=folder, env=environment, stdin=subprocess.DEVNULL, stdout=output,
-                             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=inherited)
+def run_child(python: str, program: Path, output: BinaryIO, timeout: float, settings: dict,
+              max_file_mb: int) -> tuple[bool, int, bool]:
+    """(timed out, exit status, whether the walls stood) of the child running program, behind bubblewrap
+    where it can start, in a session of its own that is killed whole afterwards."""
+    ready_read, ready_write = os.pipe()  # the child writes one byte here once its walls stand
+    settings = {**settings, "ready_fd": ready_write}
+    with open(program, "rb") as source, tempfile.TemporaryFile() as seccomp_filter:
+        if bubblewrap_problem() is None:
+            seccomp_filter.write(new_process_filter())
+            seccomp_filter.seek(0)
+            command = bubblewrap_command(python, settings, max_file_mb, source.fileno(), seccomp_filter.fileno())
+            inherited, folder_seen = (ready_write, source.fileno(), seccomp_filter.fileno()), FOLDER_INSIDE
+        else:
+            command = [python, "-I", "-B", "-X", "utf8", os.path.abspath(__file__), json.dumps(settings)]
+            inherited, folder_seen = (ready_write,), str(program.parent)
+        try:
+            child = subprocess.Popen(command, cwd=program.parent, env=child_environment(folder_seen),
+                                     stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                     start_new_session=True, pass_fds=inherited)
+        except OSError:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)  # the child has its own copy
     try:
         child.wait(timeout)
         timed_out = False
@@ -135,7 +143,7 @@ def run_child(command: list[str], folder: str, environment: dict[str, str], inhe
         timed_out = True
     finally:
         kill_group(child.pid)  # also what it left running in the background, and on Ctrl-C
-    return timed_out, child.wait()
+    return timed_out, child.wait(), read_ready(ready_read)
 
 
 def read_ready(ready_read: int) -> bool:
@@ -153,9 +161,7 @@ def read_ready(ready_read: int) -> bool:
 def bubblewrap_command(python: str, settings: dict, max_file_mb: int, program_fd: int, filter_fd: int) -> list[str]:
     """bwrap's command line: namespaces, a read-only system, a private tmpfs folder holding a copy of the
     program, no /proc, the seccomp filter, then this file as the child's script."""
-    prefix = os.path.realpath(sys.base_prefix)  # the Python install, when it is not under /usr
-    installs = [] if prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
-    return ["bwrap", *NAMESPACES, *system_mounts(), *installs, "--dev", "/dev",
+    return ["bwrap", *NAMESPACES, *read_only_mounts(), "--dev", "/dev",
             "--ro-bind", os.path.abspath(__file__), RUNNER_INSIDE,
             "--size", str(4 * max_file_mb * 2**20), "--tmpfs", FOLDER_INSIDE,
             "--file", str(program_fd), f"{FOLDER_INSIDE}/{PROGRAM}", "--chdir", FOLDER_INSIDE,
@@ -163,15 +169,17 @@ def bubblewrap_command(python: str, settings: dict, max_file_mb: int, program_fd
             python, "-I", "-B", "-X", "utf8", RUNNER_INSIDE, json.dumps(settings)]
 
 
-def system_mounts() -> list[str]:
-    """The system's folders read-only; those that are links (/lib -> usr/lib on merged-/usr systems) as links."""
+def read_only_mounts() -> list[str]:
+    """The system's folders read-only, those that are links (/lib -> usr/lib on merged-/usr systems) as
+    links, and the Python install where it is not under /usr (pyenv's, say)."""
     mounts = []
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             mounts += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             mounts += ["--ro-bind", path, path]
-    return mounts
+    prefix = os.path.realpath(sys.base_prefix)
+    return mounts + ([] if os.path.commonpath([prefix, "/usr"]) == "/usr" else ["--ro-bind", prefix, prefix])
 
 
 def new_process_filter(machine: str = "") -> bytes:
@@ -199,10 +207,7 @@ def bubblewrap_problem() -> str | None:
         return f"no seccomp filter for {platform.machine()} in picochat"
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    python = os.path.realpath(sys.executable)
-    prefix = os.path.realpath(sys.base_prefix)
-    installs = [] if prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
-    probe = ["bwrap", *NAMESPACES, *system_mounts(), *installs, python, "-I", "-c", "pass"]
+    probe = ["bwrap", *NAMESPACES, *read_only_mounts(), os.path.realpath(sys.executable), "-I", "-c", "pass"]
     try:
         result = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -436,6 +436,12 @@ def test_the_program_sees_only_what_python_needs_as_nobody(bubblewrap):
     assert not {"etc", "home", "proc", "tmp", "work", "var", "run"} & set(eval(listing))
 
 
+def test_bubblewrap_that_cannot_be_started_says_error(bubblewrap, monkeypatch):
+    monkeypatch.setattr(sandbox, "bubblewrap_command", lambda *args: ["/nonexistent/bwrap"])
+    result = run_program("pass")
+    assert result.status == "error" and "could not start the sandbox" in result.output
+
+
 def test_eval_chat_can_say_which_walls_ran(monkeypatch):
     assert sandbox.describe().startswith("bubblewrap") == (sandbox.bubblewrap_problem() is None)
     monkeypatch.setattr(sandbox, "bubblewrap_problem", lambda: "bubblewrap is not installed")
