@@ -282,7 +282,9 @@ def child_main(settings: dict) -> None:
         print(f"sandbox setup failed: {error!r}", file=sys.stderr, flush=True)
         exit_now(1)
     try:
-        exec(compile(source, PROGRAM, "exec"), {"__name__": "__main__"})
+        # dont_inherit: the program runs under its own __future__ imports, not this file's (whose
+        # postponed annotations would let `def f(x: List)` pass without `from typing import List`).
+        exec(compile(source, PROGRAM, "exec", dont_inherit=True), {"__name__": "__main__"})
     except SystemExit:
         # Exiting before the end would skip the tests that follow the answer: it fails, whatever the status.
         print("sandbox: the program called exit() before its end", file=sys.stderr, flush=True)

