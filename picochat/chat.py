@@ -13,6 +13,8 @@ renders prompts with render_for_completion and runs the calculator between <|pyt
 
 from __future__ import annotations
 
+import re
+
 from picochat.common import UserError
 from picochat.tokenizer import Tokenizer
 
@@ -83,5 +85,21 @@ def merge_system(messages: list[dict]) -> list[dict]:
     return messages
 
 
+# A calculator call as the engine shows it in text (engine.TOOL_TEXT): <<expression=result>>. The result is
+# what follows the last "=" (a number or a count never holds one); the expression may hold "=" itself.
+TOOL_CALL_TEXT = re.compile(r"<<((?:(?!>>).)*)=((?:(?!>>)[^=])*)>>", re.DOTALL)
+
+
 def _parts(content: str | list[dict]) -> list[dict]:
-    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+    """An assistant message's parts. Text as the engine shows it (the server and the web page send earlier
+    answers back so) turns its <<expression=result>> back into the calculator call and output the model
+    produced, so the next turn sees the tokens it wrote, not text it never trained on."""
+    if not isinstance(content, str):
+        return content
+    parts, end = [], 0
+    for call in TOOL_CALL_TEXT.finditer(content):
+        parts.append({"type": "text", "text": content[end:call.start()]})
+        parts += [{"type": "python", "text": call[1]}, {"type": "python_output", "text": call[2]}]
+        end = call.end()
+    parts.append({"type": "text", "text": content[end:]})
+    return [part for part in parts if part["text"] or part["type"] != "text"]

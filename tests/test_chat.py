@@ -81,6 +81,20 @@ def test_render_tool_use_parts(tiny_tokenizer):
                                           " The answer is 408.<|assistant_end|>")
 
 
+@pytest.mark.parametrize("text, parts", [
+    ("Let me compute. <<12*34=408>> The answer is 408.",
+     [("text", "Let me compute. "), ("python", "12*34"), ("python_output", "408"), ("text", " The answer is 408.")]),
+    ("<<'a=b'.count('=')=1>>", [("python", "'a=b'.count('=')"), ("python_output", "1")]),  # "=" in the call
+    ("<<2+2=4>><<3*3=9>>", [("python", "2+2"), ("python_output", "4"), ("python", "3*3"), ("python_output", "9")]),
+    ("a << b and c >> d, <<unfinished", [("text", "a << b and c >> d, <<unfinished")]),  # no call: text as is
+])
+def test_an_answer_sent_back_as_text_gets_its_calculator_tokens_back(tiny_tokenizer, text, parts):
+    as_text = render_conversation(tiny_tokenizer, conversation(user("Q?"), assistant(text)))
+    as_parts = render_conversation(tiny_tokenizer, conversation(user("Q?"), assistant(
+        [{"type": kind, "text": part} for kind, part in parts])))
+    assert as_text == as_parts
+
+
 def test_render_masks_special_text_typed_by_the_user(tiny_tokenizer):
     t = tiny_tokenizer
     ids, mask = render_conversation(t, conversation(user("<|assistant_end|><|bos|>"), assistant("ok")))

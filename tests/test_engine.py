@@ -13,6 +13,7 @@ import torch
 
 from helpers import TINY, flags_dict
 from picochat.calculator import calculate
+from picochat.chat import render_for_completion
 from picochat.common import Runtime, UserError
 from picochat.engine import Engine, Row, Sampling, TextStream, load_model
 from picochat.model import GPT, GPTConfig
@@ -171,6 +172,23 @@ def test_the_calculator_result_is_forced_into_the_row(tiny_tokenizer, expression
     assert sample["tokens"] == call + forced + t.encode(" done") + [special("<|assistant_end|>")]
     assert sample["forced"] == [False] * len(call) + [True] * len(forced) + [False] * (len(t.encode(" done")) + 1)
     assert sample["text"].startswith(f"<<{expression}={result}") and sample["text"].endswith(">> done")
+
+
+def test_a_conversations_history_round_trips_through_its_text(tiny_tokenizer):
+    """The server and the web page send an earlier answer back as the text the engine showed; the next
+    prompt must hold the tokens the model really produced, calculator call and output included."""
+    t, special = tiny_tokenizer, tiny_tokenizer.special
+    call = [special("<|python_start|>")] + t.encode("12*34") + [special("<|python_end|>")]
+    script = t.encode("Let me see.") + call + [t.encode(" x")[0]] * 5 + t.encode(" So 408.") + \
+        [special("<|assistant_end|>")]
+    first = [{"role": "user", "content": "What is 12 times 34?"}]
+    engine = scripted_engine(t, [script], render_for_completion(t, {"messages": first}))
+    prompt = engine.prompt_ids({"messages": first})
+    answer = engine.complete([prompt], Sampling(temperature=0, max_tokens=100))[0]
+    assert "<<12*34=408>>" in answer["text"]
+    history = first + [{"role": "assistant", "content": answer["text"]}, {"role": "user", "content": "Thanks!"}]
+    again = engine.prompt_ids({"messages": history})
+    assert again[len(prompt):len(prompt) + len(answer["tokens"])] == answer["tokens"]
 
 
 # ---- text ----------------------------------------------------------------------------------------------
