@@ -91,8 +91,8 @@ def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int
             bar.update(len(indices))
     accuracy = correct / count
     result = {"task": task.name, "kind": task.kind, "problems": count, "available": len(task), "correct": correct,
-              "accuracy": accuracy,
-              "stderr": math.sqrt(accuracy * (1 - accuracy) / count), "random_baseline": task.random_baseline,
+              "accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / count),
+              "random_baseline": task.random_baseline,
               "centered": (accuracy - task.random_baseline) / (1 - task.random_baseline),
               "seconds": round(time.perf_counter() - start, 1), "source": task.source, "license": task.license}
     result["letter_rate" if task.kind == "categorical" else "stop_rate"] = in_format / count
