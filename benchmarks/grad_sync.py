@@ -29,7 +29,8 @@ from picochat.optim import OptimConfig, build_optimizers
 from picochat.train import TrainConfig, prepare_model, train_step
 
 MODES = ("after", "overlap")
-# The CPU default model (depth 4, 7.3 M params); 2 micro-batches per step, so no_sync() accumulation runs.
+# The CPU default model until 2026-12-06 (depth 4, vocab 8192, 7.3 M params; the reference results are of it);
+# 2 micro-batches per step, so no_sync() accumulation runs.
 SHAPE = dict(sequence_len=512, vocab_size=8192, n_layer=4, n_embd=256, n_head=2, n_kv_head=2)
 BATCH, MICRO_BATCHES, WARMUP = 4, 2, 2
 

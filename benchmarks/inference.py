@@ -3,7 +3,8 @@ batched sampling, each against the memory-bandwidth bound measured in the same r
 
 Decoding one token reads every weight once, so a step cannot be faster than (bytes of weights) / (copy
 bandwidth): that bound is the yardstick here, as the matmul peak is for training. The model is the CPU
-default's shape (depth 4, vocab 8192) with its initial weights: speed does not depend on what was learnt.
+default's shape until 2026-12-06 (depth 4, vocab 8192; the reference results are of it) with its initial
+weights: speed does not depend on what was learnt.
 
     python benchmarks/inference.py                 # ~1 min on 2 cores; JSON to benchmarks/results/
     python benchmarks/inference.py --dtypes float32 --new-tokens 128

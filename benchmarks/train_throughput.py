@@ -194,17 +194,20 @@ def add_mfu(row: dict, square: dict, peak_dtype: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Quality: the real pipeline for a few minutes
 
-def run_quality(minutes: float) -> dict:
-    """`picochat train --stage base --time-budget M` on the corpus under $PICOCHAT_HOME, then its val bpb."""
-    command = [sys.executable, "-m", "picochat.cli", "train", "--stage", "base", "--time-budget", str(minutes)]
-    print(f"quality: picochat train --stage base --time-budget {minutes}", file=sys.stderr, flush=True)
+def run_quality(minutes: float, home: Path | None = None, flags: list[str] = ()) -> dict:
+    """`picochat train --stage base --time-budget M [flags]` on the corpus under home (default
+    $PICOCHAT_HOME), then its val bpb."""
+    command = [sys.executable, "-m", "picochat.cli", "train", "--stage", "base", "--time-budget", str(minutes),
+               *(["--home", str(home)] if home else []), *flags]
+    print(f"quality: picochat train --stage base --time-budget {minutes} {' '.join(flags)}", file=sys.stderr,
+          flush=True)
     start = time.perf_counter()
     # Its progress goes to stderr so that stdout stays the markdown table.
     if subprocess.run(command, stdout=sys.stderr).returncode != 0:
         raise SystemExit("train_throughput: `picochat train` failed (its error is above); --minutes needs "
                          "a prepared corpus and tokenizer under $PICOCHAT_HOME (scripts/local_cpu_train.sh)")
     wall_seconds = time.perf_counter() - start
-    out_dir = checkpoint_dir(picochat_home(), "base")
+    out_dir = checkpoint_dir(picochat_home(home), "base")
     done = json.loads((out_dir / "done.json").read_text())
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["tokens"], r["val_bpb"]) for r in records if "val_bpb" in r]

@@ -1,13 +1,15 @@
-"""The calculator tool the model may call: a small, safe evaluator of arithmetic and a few string methods.
+"""The calculator tool the model may call: a small, safe evaluator of arithmetic and a few string operations.
 
 When the assistant writes <|python_start|> expression <|python_end|>, the engine calls calculate() and
 forces <|output_start|> result <|output_end|> into the sequence. The expression is parsed with `ast` and
-walked by hand: numbers, strings, + - * / // % ** and parentheses, unary + and -, and a few string
-methods ("strawberry".count("r")). No names, no other calls, attributes or subscripts, no eval/exec.
+walked by hand: numbers, strings, + - * / // % ** and parentheses, unary + and -, a few string methods
+("strawberry".count("r"), "-".join("abc")), len("text"), and indexing or slicing a string with integers
+("text"[-1], "text"[::-1]). No names but len, no other calls, attributes or subscripts, no eval/exec.
 Sizes are bounded before anything big is computed, so hostile input fails fast with an error string.
 
     calculate("12 * (3 + 4)")        # "84"
     calculate("'banana'.count('a')") # "3"
+    calculate("'strawberry'[::-1]")  # "yrrebwarts"
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, 
 UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 # str methods that only read their string: (minimum, maximum) number of arguments
 STRING_METHODS = {"count": (1, 1), "find": (1, 1), "startswith": (1, 1), "endswith": (1, 1),
-                  "upper": (0, 0), "lower": (0, 0), "strip": (0, 0), "replace": (2, 2)}
+                  "upper": (0, 0), "lower": (0, 0), "strip": (0, 0), "replace": (2, 2), "join": (1, 1)}
+# the length of what a method that grows its string would build, so it is refused before it is built
+GROWN_LENGTH = {"replace": lambda text, old, new: len(text) + (len(text) + 1) * len(new),
+                "join": lambda separator, items: len(items) + len(separator) * max(len(items) - 1, 0)}
 
 
 class CalculatorError(ValueError):
@@ -43,8 +48,8 @@ def calculate(expression: str) -> str:
         tree = ast.parse(expression.strip(), mode="eval")
         check_depth(tree)
         return format_value(evaluate(tree.body, time.monotonic() + TIME_LIMIT))
-    except (CalculatorError, SyntaxError, ArithmeticError, ValueError, TypeError, RecursionError,
-            MemoryError) as error:
+    except (CalculatorError, SyntaxError, ArithmeticError, ValueError, TypeError, IndexError,
+            RecursionError, MemoryError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         return f"error: {message}"
 
@@ -70,16 +75,34 @@ def evaluate(node: ast.AST, deadline: float):
         left, right = evaluate(node.left, deadline), evaluate(node.right, deadline)
         check_operands(type(node.op), left, right)
         return check_size(BINARY[type(node.op)](left, right))
+    if isinstance(node, ast.Subscript):
+        return subscript(node, deadline)
     if isinstance(node, ast.Call):
-        return call_string_method(node, deadline)
+        return call(node, deadline)
     raise CalculatorError(f"{type(node).__name__} is not allowed")
 
 
-def call_string_method(node: ast.Call, deadline: float):
-    """Only "text".method(args) with a method from STRING_METHODS and plain-value arguments."""
+def subscript(node: ast.Subscript, deadline: float) -> str:
+    """Only "text"[index] and "text"[start:stop:step], with integers; Python's own errors for the rest."""
+    text = evaluate(node.value, deadline)
+    if not isinstance(text, str):
+        raise CalculatorError("only strings can be indexed")
+    if isinstance(node.slice, ast.Slice):
+        parts = (node.slice.lower, node.slice.upper, node.slice.step)
+        return text[slice(*(None if part is None else integer(evaluate(part, deadline)) for part in parts))]
+    return text[integer(evaluate(node.slice, deadline))]
+
+
+def call(node: ast.Call, deadline: float):
+    """Only len("text"), or "text".method(args) with a method from STRING_METHODS and string arguments."""
     func = node.func
+    if isinstance(func, ast.Name) and func.id == "len" and not node.keywords:
+        text = evaluate(node.args[0], deadline) if len(node.args) == 1 else None
+        if not isinstance(text, str):
+            raise CalculatorError("len() takes one string")
+        return len(text)
     if not isinstance(func, ast.Attribute) or func.attr not in STRING_METHODS or node.keywords:
-        raise CalculatorError("only string methods (" + ", ".join(STRING_METHODS) + ") can be called")
+        raise CalculatorError("only string methods (" + ", ".join(STRING_METHODS) + ") and len() work")
     target = evaluate(func.value, deadline)
     if not isinstance(target, str):
         raise CalculatorError(f".{func.attr}() needs a string")
@@ -89,14 +112,20 @@ def call_string_method(node: ast.Call, deadline: float):
     args = [evaluate(arg, deadline) for arg in node.args]
     if not all(isinstance(arg, str) for arg in args):
         raise CalculatorError(f".{func.attr}() takes string arguments")
-    if func.attr == "replace" and len(target) + (len(target) + 1) * len(args[1]) > MAX_STRING:
-        raise CalculatorError(f"string longer than {MAX_STRING} characters")  # bound it before building it
+    if func.attr in GROWN_LENGTH and GROWN_LENGTH[func.attr](target, *args) > MAX_STRING:
+        raise CalculatorError(f"string longer than {MAX_STRING} characters")
     return check_size(getattr(target, func.attr)(*args))
 
 
 def number(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CalculatorError("arithmetic needs numbers")
+    return value
+
+
+def integer(value) -> int:
+    if type(value) is not int:  # not a float, a string, or a bool ('abc'.startswith('a') is True)
+        raise CalculatorError("string indices must be integers")
     return value
 
 

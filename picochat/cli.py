@@ -5,7 +5,7 @@ Each command is a (config dataclass, run function) pair in its own module, impor
 line and exits 2 (a UserError); any other exception is a bug in picochat and keeps its traceback.
 
     picochat data prepare --source offline
-    picochat tokenizer train --vocab-size 8192
+    picochat tokenizer train --vocab-size 4096
     picochat train --stage base --depth 4
 """
 
@@ -36,7 +36,8 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
     ("eval", "base"): ("picochat.evals.core", "BaseEvalConfig LoadConfig", "run",
                        "a base model's val bpb and CORE score (few-shot HellaSwag, PIQA, ARC, ...)"),
     ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig", "run",
-                       "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic; ChatCORE"),
+                       "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic, spelling, "
+                       "identity; ChatCORE"),
     ("report", None): ("picochat.report", "ReportConfig", "run",
                        "report.md with plots, from the stages' and evals' JSON files (re-runs nothing)"),
     ("chat", None): ("picochat.chat_cli", "ChatConfig LoadConfig", "run", "talk to a trained model in the terminal"),

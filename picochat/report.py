@@ -341,13 +341,15 @@ def stages_section(stages: list[StageRun], gpu_hour_price: float, plots: dict[st
         f, devices = s.final, f"{s.settings['device']} x {s.settings['world_size']}" if s.settings else "-"
         memory = f"{f['peak_rss_mb']:,} MB" if is_number(f.get("peak_rss_mb")) else "-"
         rows.append([s.name, s.status, fmt(f.get("step"), ","), fmt(f.get("tokens"), ","),
-                     duration(f.get("train_seconds")), fmt(s.val_bpb, ".4f"), fmt(s.median("tok_per_s"), ",.0f"),
-                     fmt(s.median("mfu"), ".1%"), memory, devices])
-    text = "## Stages\n\n" + table(["stage", "status", "steps", "tokens", "training", "val bpb", "tok/s",
-                                     "MFU", "peak RSS", "device x processes"], rows, 2)
+                     duration(f.get("train_seconds")), fmt(s.val_bpb, ".4f"), fmt(f.get("pretrain_val_bpb"), ".4f"),
+                     fmt(s.median("tok_per_s"), ",.0f"), fmt(s.median("mfu"), ".1%"), memory, devices])
+    text = "## Stages\n\n" + table(["stage", "status", "steps", "tokens", "training", "val bpb", "pretraining val bpb",
+                                     "tok/s", "MFU", "peak RSS", "device x processes"], rows, 2)
     text += ("\n\ntok/s and MFU are medians over the step rows of metrics.jsonl; MFU is against the matmul peak "
              "of the same dtype (measured at start-up on a CPU, the datasheet's on a known GPU). Each stage's "
-             "val bpb is on its own validation data. RL's tokens are the ones it ran: those it sampled (a forward "
+             "val bpb is on its own validation data; pretraining val bpb, measured once at the end of each stage, "
+             "is on the same val shard of the pretraining corpus for every stage, so a rise after mid-training or "
+             "SFT means base skill was lost. RL's tokens are the ones it ran: those it sampled (a forward "
              "pass each) plus the non-padding tokens of its updates, not its batch shape.")
     text += "\n\n" + cost_line(stages, gpu_hour_price) + "\n\n" + settings_text(stages)
     return text + "\n\n" + (images(plots, ("loss", "lr", "speed")) or "No training metrics to plot yet.")

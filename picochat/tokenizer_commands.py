@@ -4,7 +4,7 @@ train learns the BPE merges from the corpus's train shards (tokenizer.py); eval 
 bytes per token on the val shard, against GPT-2 and GPT-4's tokenizers when they can be downloaded, and
 the corpus's size in documents, bytes and tokens (tokenizer/eval.json, for the report).
 
-    picochat tokenizer train --vocab-size 8192 && picochat tokenizer eval
+    picochat tokenizer train --vocab-size 4096 && picochat tokenizer eval
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from picochat.tokenizer import SPECIAL_TOKENS, Tokenizer, load_tokenizer, tokeni
 
 @dataclass
 class TokenizerTrainConfig:
-    vocab_size: int = option(8192, "vocabulary size including the 9 special tokens (65536 for the GPU recipe)")
+    vocab_size: int = option(4096, "vocabulary size including the 9 special tokens (65536 for the GPU recipe)")
     max_chars: int = option(2_000_000_000, "train on at most this many characters of the train shards")
     doc_cap: int = option(10_000, "use at most this many characters of each document")
     home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")

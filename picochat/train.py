@@ -32,7 +32,7 @@ from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers, set_lr
 from picochat.perf import mfu_warning, peak_flops, peak_rss_bytes
 from picochat.progress import MetricsLog, Progress, StopSignal
-from picochat.stages import STAGES, Stage
+from picochat.stages import STAGES, Stage, base_stage
 from picochat.tokenizer import load_tokenizer
 
 
@@ -102,6 +102,7 @@ class TrainState:
     train_seconds: float = 0.0   # time in optimizer steps only (no evals, no checkpoint writes)
     skipped_steps: int = 0
     val_bpb: float = float("nan")
+    pretrain_val_bpb: float = float("nan")  # on the corpus's val shard, at the end only
 
 
 class NonFiniteLoss(UserError):
@@ -248,7 +249,7 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
                 evaluate(ctx, state, metrics)
             if config.save_every and state.step % config.save_every == 0:
                 save(ctx, state)
-        evaluate(ctx, state, metrics)
+        evaluate(ctx, state, metrics, final=True)
         save(ctx, state)
     finally:
         bar.close()
@@ -263,7 +264,8 @@ def finish(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     if ctx.runtime.is_main:
         atomic_write_text(ctx.out_dir / "done.json", json.dumps({**asdict(state), **metrics.last}, indent=2))
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
-           f"val bpb {state.val_bpb:.4f}; checkpoint in {ctx.out_dir}")
+           f"val bpb {state.val_bpb:.4f}, pretraining val bpb {state.pretrain_val_bpb:.4f}; "
+           f"checkpoint in {ctx.out_dir}")
     end_peak, _ = peak_flops(ctx.runtime.device, ctx.runtime.dtype)
     print0(f"peak {ctx.runtime.dtype} matmul: {ctx.peak_flops / 1e9:,.0f} GFLOP/s at start-up, "
            f"{end_peak / 1e9:,.0f} at the end")
@@ -492,17 +494,28 @@ def try_compile(model: torch.nn.Module, config: TrainConfig, runtime: Runtime) -
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation and checkpoints
 
-def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
+def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog, final: bool = False) -> None:
     start = time.perf_counter()
     batches = ctx.stage.val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
     state.val_bpb = evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens,
                                  ctx.runtime)
     extra = ctx.stage.extra_eval(ctx.model, ctx.tokenizer, ctx.config, ctx.runtime) if ctx.stage.extra_eval else {}
+    record = {"step": state.step, "val_bpb": state.val_bpb, **extra}
+    if final:
+        state.pretrain_val_bpb = record["pretrain_val_bpb"] = pretrain_val_bpb(ctx, state)
     seconds = time.perf_counter() - start
-    metrics.log({"step": state.step, "val_bpb": state.val_bpb, **extra, "eval_seconds": round(seconds, 3),
-                 "tokens": state.tokens})
+    metrics.log({**record, "eval_seconds": round(seconds, 3), "tokens": state.tokens})
     more = "".join(f", {key} {value}" for key, value in extra.items())
     print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f}{more} ({seconds:.1f}s)")
+
+
+def pretrain_val_bpb(ctx: LoopContext, state: TrainState) -> float:
+    """Val bpb on the pretraining corpus's val shard, measured as base measures it: one yardstick for every
+    stage, so a rise after mid-training or SFT means base skill was lost. Every rank takes part."""
+    if ctx.stage.name == "base":
+        return state.val_bpb
+    batches = base_stage().val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
+    return evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens, ctx.runtime)
 
 
 def step_work(ctx: LoopContext) -> tuple[int, float]:

@@ -7,9 +7,9 @@
 #
 # Knobs (environment variables):
 #   PICOCHAT_HOME    where everything goes (default ~/.cache/picochat; ~/.cache/picochat-smoke with SMOKE)
-#   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES, SFT_MINUTES (default 2 each)
+#   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES, SFT_MINUTES (default 3 each)
 #   DEPTH            transformer blocks of the base model (default 4; width is 64 x depth)
-#   VOCAB_SIZE       tokenizer vocabulary (default 8192)
+#   VOCAB_SIZE       tokenizer vocabulary (default 4096)
 #   DATA_SOURCE      auto | offline | fineweb (default auto: FineWeb-Edu if reachable, else offline)
 #   CORE_PROBLEMS    items per CORE task in the base eval (default 50)
 #   EVAL_PROBLEMS    problems per chat task in the chat eval (default 100)
@@ -59,7 +59,7 @@ step "2/8 tokenizer"
 if [ -f "$PICOCHAT_HOME/tokenizer/tokenizer.json" ] && [ -z "${FORCE_TOKENIZER:-}" ]; then
     echo "tokenizer: already trained in $PICOCHAT_HOME/tokenizer (FORCE_TOKENIZER=1 retrains)"
 else
-    picochat tokenizer train --vocab-size "${VOCAB_SIZE:-8192}"
+    picochat tokenizer train --vocab-size "${VOCAB_SIZE:-4096}"
 fi
 picochat tokenizer eval
 
@@ -95,10 +95,10 @@ step "3/8 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
 train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
 step "4/8 base eval: val bpb and CORE"
 picochat eval base --max-problems "${CORE_PROBLEMS:-50}"
-step "5/8 mid-training: ${MID_MINUTES:-2} minutes"
-train_stage mid "${MID_MINUTES:-2}" base
-step "6/8 SFT: ${SFT_MINUTES:-2} minutes"
-train_stage sft "${SFT_MINUTES:-2}" mid
+step "5/8 mid-training: ${MID_MINUTES:-3} minutes"
+train_stage mid "${MID_MINUTES:-3}" base
+step "6/8 SFT: ${SFT_MINUTES:-3} minutes"
+train_stage sft "${SFT_MINUTES:-3}" mid
 
 step "7/8 chat evals of the SFT model"
 picochat eval chat --source sft --max-problems "${EVAL_PROBLEMS:-100}"

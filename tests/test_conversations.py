@@ -22,14 +22,14 @@ def mixture():
 
 
 def test_targets_are_the_assistant_tokens_only(tiny_tokenizer):
-    loader = ConversationLoader(tiny_tokenizer, mixture(), batch_size=1, seq_len=4096, loop=False)
+    loader = ConversationLoader(tiny_tokenizer, mixture(), batch_size=1, seq_len=1024, loop=False)
     inputs, targets = next(loader)
     stream = inputs[0].tolist() + [None]
     expected = []  # rebuild the stream from the rendered examples, in the loader's order
     for task, index in epoch_order([40, 10], [1.0, 2.0], 0, 0):
-        ids, mask = render_conversation(tiny_tokenizer, mixture()[task][0][index], max_tokens=4097)
+        ids, mask = render_conversation(tiny_tokenizer, mixture()[task][0][index], max_tokens=1025)
         expected += list(zip(ids, mask))
-    expected = expected[:4097]
+    expected = expected[:1025]
     assert stream[:-1] == [token for token, _ in expected[:-1]]
     wanted = [token if trained else IGNORE_INDEX for token, trained in expected[1:]]
     assert targets[0].tolist() == wanted
@@ -90,17 +90,17 @@ def test_a_plain_document_is_all_targets(tiny_tokenizer):
     assert (targets[0] == IGNORE_INDEX).sum() == 1  # only the second document's <|bos|> is not a target
 
 
-def test_mid_rehearses_pretraining_text_and_sft_does_not(tiny_home):
-    from picochat.stages import chat_mixture, mid_mixture
+def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
+    from picochat.stages import chat_mixture, mid_mixture, sft_mixture
     from picochat.train import TrainConfig
     config = TrainConfig(home=str(tiny_home))
     for split in ("train", "eval"):
-        mid = [task.name for task, _ in mid_mixture(config, split)]
-        sft = [task.name for task, _ in chat_mixture(config, split)]
-        assert mid == sft + ["pretraining_text"]
-        assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee"} <= set(sft)
-    names = {split: [task.name for task, _ in chat_mixture(config, split)] for split in ("train", "eval")}
-    assert "identity" in names["train"] and "identity" not in names["eval"]
+        chat = [(task.name, weight) for task, weight in chat_mixture(config, split)]
+        mid = [(task.name, weight) for task, weight in mid_mixture(config, split)]
+        sft = [(task.name, weight) for task, weight in sft_mixture(config, split)]
+        assert mid == chat + [("pretraining_text", 1.0)] and sft == chat + [("pretraining_text", 0.5)]
+        assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee", "spelling",
+                "identity", "multi_turn"} <= {name for name, _ in chat}
 
 
 def test_downloaded_datasets_join_only_where_their_split_was_fetched(tmp_path, monkeypatch):

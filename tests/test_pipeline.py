@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from picochat.evals.chat import CHAT_TASKS
+
 SCRIPT = Path(__file__).parents[1] / "scripts" / "local_cpu_train.sh"
 TINY_TRAIN_FLAGS = ("--max-seq-len 128 --device-batch-size 2 --compile false --dtype float32 "
                     "--eval-tokens 256 --eval-every 0 --rl-eval-problems 2 --rl-max-tokens 8")
@@ -42,7 +44,7 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
         done = json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())
         assert done["step"] > 0 and done["val_bpb"] > 0, stage
     results = json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["results"]
-    assert len(results) == 7 and all(r["problems"] == 2 for r in results)
+    assert len(results) == len(CHAT_TASKS) and all(r["problems"] == 2 for r in results)
     core = json.loads((fresh_home / "evals" / "base_core.json").read_text())
     assert core["stage"] == "base" and all(r["problems"] == 2 for r in core["results"])
     assert "Talk to it: picochat chat" in out

@@ -176,6 +176,21 @@ def test_full_run_has_every_section_and_the_numbers_where_they_belong(tmp_path):
             assert png.size[0] > 400 and png.size[1] > 200
 
 
+def test_pretraining_val_bpb_sits_next_to_val_bpb_and_old_done_files_show_a_dash(tmp_path):
+    full_home(tmp_path)
+    pretrain = {"base": 2.1, "mid": 2.25}  # sft's done.json is from before train.py recorded it
+    for stage, value in pretrain.items():
+        path = tmp_path / "checkpoints" / stage / "done.json"
+        write_json(path, {**json.loads(path.read_text()), "pretrain_val_bpb": value})
+    report = make_report(tmp_path)
+    rows = table_rows(report, "stage | status")
+    assert list(rows[0])[5:7] == ["val bpb", "pretraining val bpb"]
+    stages = {row["stage"]: row for row in rows}
+    assert [stages[name]["pretraining val bpb"] for name in ("base", "mid", "sft", "rl")] == ["2.1000", "2.2500",
+                                                                                              "-", "-"]
+    assert "same val shard of the pretraining corpus for every stage" in report
+
+
 def test_partial_run_marks_the_rest_not_run(tmp_path):
     write_corpus_files(tmp_path)
     write_stage(tmp_path, "base", 40)

@@ -5,6 +5,7 @@ settings, time budgets), signals, non-finite losses, bf16, torch.compile, and 2 
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,9 +24,12 @@ from picochat import train as train_module
 from picochat.checkpoint import list_checkpoints, load_latest
 from picochat.common import IGNORE_INDEX, Runtime, UserError
 from picochat.data.shards import corpus_dir, write_corpus
+from picochat.evals.bpb import evaluate_bpb
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.tokenizer import Tokenizer, tokenizer_dir
+from picochat.progress import read_metrics
+from picochat.stages import base_stage
+from picochat.tokenizer import Tokenizer, load_tokenizer, tokenizer_dir
 from picochat.train import forward_backward, run, train_step
 
 @pytest.fixture
@@ -582,6 +586,30 @@ def test_a_stage_with_shorter_rows_keeps_the_longest_context_the_model_trained_a
     assert checkpoint["config"]["max_seq_len"] == 16         # what mid's rows were
 
 
+def test_every_stage_ends_with_val_bpb_on_the_pretraining_val_shard(home, capsys):
+    """mid's own val bpb is on its conversations' assistant tokens; pretrain_val_bpb is base's yardstick, the
+    corpus's val shard, measured once at the end: equal to base's val bpb, and for mid what evaluate_bpb gives
+    on base's val batches for mid's final checkpoint."""
+    run(flags_dict(*TINY, "--num-iterations", "4", "--home", str(home)))
+    run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "4", "--eval-every", "2", "--home", str(home)))
+    base_done = json.loads((home / "checkpoints" / "base" / "done.json").read_text())
+    assert base_done["pretrain_val_bpb"] == base_done["val_bpb"]
+    mid_done = json.loads((home / "checkpoints" / "mid" / "done.json").read_text())
+    _, checkpoint = load_latest(home / "checkpoints" / "mid")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    config = train_module.TrainConfig(home=str(home), device_batch_size=2, max_seq_len=32)
+    tokenizer = load_tokenizer(home)
+    runtime = Runtime(torch.device("cpu"), torch.float32)
+    expected = evaluate_bpb(model, base_stage().val_batches(tokenizer, config, runtime), tokenizer.token_bytes(),
+                            256, runtime)
+    assert math.isfinite(mid_done["pretrain_val_bpb"]) and mid_done["pretrain_val_bpb"] == pytest.approx(expected)
+    assert mid_done["pretrain_val_bpb"] != pytest.approx(mid_done["val_bpb"])
+    evals = read_metrics(home / "checkpoints" / "mid" / "metrics.jsonl", "eval")
+    assert [("pretrain_val_bpb" in r) for r in evals] == [False, False, True]  # steps 0 and 2, then the end
+    assert f"pretraining val bpb {mid_done['pretrain_val_bpb']:.4f}" in capsys.readouterr().out
+
+
 def test_a_missing_previous_stage_names_the_command(home):
     with pytest.raises(UserError, match=r"--stage sft starts from the newest mid checkpoint, and there is none in .*"
                                         r"run `picochat train --stage mid` first"):
@@ -592,10 +620,10 @@ def test_all_masked_micro_batches_through_the_sft_stage_add_zero(chat_home):
     """Rows of 8 tokens: some fall wholly inside a user's turn, so every target is masked. Such a step's
     loss is exactly 0 and never NaN (a mean over zero tokens would be), and the run goes on."""
     from picochat.data.conversations import ConversationLoader
-    from picochat.stages import chat_mixture
+    from picochat.stages import sft_mixture
     from picochat.tokenizer import load_tokenizer
     config = train_module.TrainConfig(home=str(chat_home), seed=42)
-    loader = ConversationLoader(load_tokenizer(chat_home), chat_mixture(config, "train"), 1, 8, seed=42)
+    loader = ConversationLoader(load_tokenizer(chat_home), sft_mixture(config, "train"), 1, 8, seed=42)
     masked_steps = [step for step in range(1, 41) if (next(loader)[1] < 0).all()]
     assert masked_steps, "no all-masked micro-batch in 40 steps: make the rows shorter"
     run(flags_dict(*TINY, "--stage", "sft", "--device-batch-size", "1", "--max-seq-len", "8", "--num-iterations", "40",

@@ -4,14 +4,15 @@ Two kinds of task, both batched across problems:
 - categorical (ARC, MMLU): one prefill of the question; the answer is the letter whose logit is highest
   among the choices' letters. The model's unrestricted first token tells whether it would answer with a
   letter at all (`letter_rate`).
-- generative (GSM8K, HumanEval, SpellingBee, arithmetic): the engine answers greedily, the calculator
-  included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
+- generative (GSM8K, HumanEval, SpellingBee, arithmetic, spelling, identity): the engine answers greedily,
+  the calculator included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
   often the model ended its answer itself rather than running into --max-tokens.
 
 ChatCORE is nanochat's: the mean over its six chat tasks (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval,
 SpellingBee) of the accuracy centred against random guessing, (acc - r) / (1 - r), with r = 1/choices for
-categorical tasks and 0 for generative ones. Arithmetic with the tool is reported on its own line, outside
-ChatCORE: the model trains on problems made by the same code. Every accuracy comes with its standard error.
+categorical tasks and 0 for generative ones. Arithmetic, spelling and identity are reported on their own
+lines, outside ChatCORE: the model trains on problems made by the same code, though asked in other words
+(tasks/phrasing.py holds some wordings out of training). Every accuracy comes with its standard error.
 Results, and which sandbox ran HumanEval's programs, go to $PICOCHAT_HOME/evals/<stage>_chat.json.
 
     picochat eval chat --max-problems 100 --tasks arc_easy,gsm8k
@@ -37,8 +38,9 @@ from picochat.tasks.arc import ARC
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.gsm8k import GSM8K
 from picochat.tasks.humaneval import HumanEval
+from picochat.tasks.identity import Identity
 from picochat.tasks.mmlu import MMLU
-from picochat.tasks.spelling_bee import SpellingBee
+from picochat.tasks.spelling_bee import Spelling, SpellingBee
 
 # name -> the eval split of the task, made from $PICOCHAT_HOME; in the order of the results table
 CHAT_TASKS: dict[str, Callable[..., Task]] = {
@@ -49,6 +51,8 @@ CHAT_TASKS: dict[str, Callable[..., Task]] = {
     "humaneval": lambda home: HumanEval.from_package(home),
     "spelling_bee": lambda home: SpellingBee.from_corpus(home, "eval"),
     "arithmetic": lambda home: ArithmeticWithTool("eval"),
+    "spelling": lambda home: Spelling.from_corpus(home, "eval"),
+    "identity": lambda home: Identity("eval"),
 }
 CHATCORE_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spelling_bee")  # nanochat's six
 
@@ -148,7 +152,7 @@ def run(args) -> dict:
         print0(f"ChatCORE: not computed (it needs all of {', '.join(CHATCORE_TASKS)})")
     else:
         print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {', '.join(CHATCORE_TASKS)}; "
-               "arithmetic is outside it)")
+               "the other tasks are outside it)")
     print0("in format: the share of letter answers (multiple choice) or of answers the model ended itself")
     path = home / "evals" / f"{engine.info['stage']}_chat.json"
     atomic_write_text(path, json.dumps(report, indent=2))

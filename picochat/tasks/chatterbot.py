@@ -1,4 +1,4 @@
-"""ChatterBot: 898 distinct short English conversations (trivia, small talk, AI, coding, science...) from the
+"""ChatterBot: 774 distinct short English conversations (trivia, small talk, coding, science...) from the
 PyPI package chatterbot-corpus 1.3.3 (BSD-3-Clause; the text is user contributed). The first speaker
 becomes the user, the second the assistant. One question in ten, chosen by its hash, is the eval split, so
 the several answers some questions have all land in the same split.
@@ -25,6 +25,9 @@ from picochat.tasks import ListTask
 PACKAGE = Source("chatterbot-corpus", "1.3.3", "wheel", "BSD-3-Clause", reader=None)
 FOLDER = "chatterbot_corpus/data/english/"
 EVAL_SHARE = 10
+# These speak as ChatterBot's own persona ("I am the original chat bot", "my robot body"); picochat says who
+# it is through tasks/identity.py.
+PERSONA = ("ai", "botprofile")
 
 
 class ChatterBot(ListTask):
@@ -53,6 +56,8 @@ def conversations_of_package(cache_dir: Path) -> dict[str, list[dict]]:
     seen = set()
     for name, text in files.items():
         category = Path(name).stem
+        if category in PERSONA:
+            continue
         # trivia.yml has one entry that lost its "- -" and reads as a single string: not a conversation
         for turns in (t for t in read_corpus_yaml(text, name).get("conversations", []) if isinstance(t, list)):
             conversation = to_conversation(turns, category)

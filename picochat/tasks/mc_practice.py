@@ -105,13 +105,15 @@ def chatterbot_questions(conversations: list[dict]) -> list[Question]:
 
 
 def arithmetic_questions(split: str) -> list[Question]:
-    """ArithmeticWithTool's word problems; wrong choices are numbers from a window of 21 around the result,
-    placed at random so the right number is not always the middle one (and never below zero, like the
-    results)."""
+    """ArithmeticWithTool's questions with whole, non-negative results; wrong choices are numbers from a
+    window of 21 around the result, placed at random so the right number is not always the middle one (and
+    never below zero, like the results)."""
     task = ArithmeticWithTool(split, size=ARITHMETIC_QUESTIONS[split])
     questions = []
     for index in range(len(task)):
         example = task[index]
+        if not example["answer"].isdigit():
+            continue
         text, answer = example["messages"][0]["content"], int(example["answer"])
         rng = random.Random(f"arithmetic/{split}/{index}")
         low = answer - rng.randint(0, min(20, answer))
