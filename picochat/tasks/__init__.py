@@ -46,6 +46,26 @@ class Task:
         return {"messages": self[index]["messages"][:-1]}
 
 
+class GeneratedTask(Task):
+    """A task whose examples code makes from their index (`make`): `size` of them, by default SIZES[split]."""
+    SIZES = {"train": 0, "eval": 0}
+
+    def __init__(self, split: str, size: int = 0):
+        super().__init__(split)
+        self.size = size or self.SIZES[split]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.make(index)
+
+    def make(self, index: int) -> dict:
+        raise NotImplementedError
+
+
 class ListTask(Task):
     """A task whose examples are one list, read once (from a package's archive)."""
 
