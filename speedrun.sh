@@ -288,7 +288,7 @@ if [ "$RUN_RL" != 1 ]; then
     echo "rl: off (RUN_RL=0)"
 else
     # An RL sequence is a prompt and one sampled answer (a batch is right-padded to its longest), so
-    # RL_MAX_SEQ_LEN holds the longest: GSM8K's prompts reach ~190 tokens (arithmetic ~25, mathematics ~50),
+    # RL_MAX_SEQ_LEN holds the longest: GSM8K's prompts reach ~190 tokens (arithmetic and spelling under 50),
     # plus --rl-max-tokens (128). Base's 2048 would only misstate RL's val rows and attention FLOPs.
     train_stage rl "$CHECKPOINTS/sft/done.json" --max-seq-len "$RL_MAX_SEQ_LEN" --num-iterations "$RL_ITERATIONS"
     evaluate "$EVALS/rl_chat.json" "$CHECKPOINTS/rl/done.json" picochat eval chat --source rl --device "$DEVICE" \

@@ -11,9 +11,9 @@ fused lm-head loss with per-token weights, run by the one training loop. The pro
 output (the tokens the engine says it forced: the policy did not choose them) are not targets. A step's
 tokens, tok/s and MFU count what it really ran: the tokens sampled and the update's non-padding tokens.
 
-Training problems are the train splits of the arithmetic word problems and the mathematics-dataset
-problems (and GSM8K-train where downloaded); pass@1 (greedy) and pass@k (k samples) are measured on
-their eval splits at every evaluation. Resume is exact: a batch's problems and sampling seed follow from
+Training problems are the train splits of arithmetic, SpellingBee and spelling (and GSM8K-train where
+downloaded; stages.rl_problems); pass@1 (greedy) and pass@k (k samples) are measured on their eval splits
+at every evaluation. Resume is exact: a batch's problems and sampling seed follow from
 the loader's position. Its length is --num-iterations or --time-budget; tokens per parameter mean
 nothing here.
 

@@ -24,7 +24,8 @@ TINY_TRAIN_FLAGS = ("--max-seq-len 128 --device-batch-size 2 --compile false --d
 
 def pipeline(home: Path, minutes: float, extra_flags: str = "", extra_env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline", "DEPTH": "1",
-           "BASE_MINUTES": str(minutes), "MID_MINUTES": "0.02", "SFT_MINUTES": "0.02", "EVAL_PROBLEMS": "2",
+           "BASE_MINUTES": str(minutes), "MID_MINUTES": "0.02", "SFT_MINUTES": "0.02", "RL_MINUTES": "0.02",
+           "EVAL_PROBLEMS": "2",
            "CORE_PROBLEMS": "2",
            "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
            "HTTPS_PROXY": "http://127.0.0.1:9",  # the GPT-2/GPT-4 vocab host probe fails at once
@@ -40,30 +41,36 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert first.returncode == 0, out
     assert "data: corpus already in" in out and "tokenizer: already trained" in out
     assert "bytes/token" in out
-    for stage in ("base", "mid", "sft"):
+    for stage in ("base", "mid", "sft", "rl"):  # RL runs by default
         done = json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())
         assert done["step"] > 0 and done["val_bpb"] > 0, stage
-    results = json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["results"]
+    results = json.loads((fresh_home / "evals" / "rl_chat.json").read_text())["results"]  # the final model's
     assert len(results) == len(CHAT_TASKS) and all(r["problems"] == 2 for r in results)
+    assert not (fresh_home / "evals" / "sft_chat.json").exists()
     core = json.loads((fresh_home / "evals" / "base_core.json").read_text())
     assert core["stage"] == "base" and all(r["problems"] == 2 for r in core["results"])
     assert "Talk to it: picochat chat" in out
-    assert "| sft | done |" in (fresh_home / "report" / "report.md").read_text()
-    assert "| 3/8 base model: depth 1, 0.05 minutes of training |" in out and "| total |" in out  # the summary
+    assert "| rl | done |" in (fresh_home / "report" / "report.md").read_text()
+    assert "| 3/9 base model: depth 1, 0.05 minutes of training |" in out and "| total |" in out  # the summary
 
     again = pipeline(fresh_home, 0.05)
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out
-    assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft"))
+    assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft", "rl"))
 
-    # a new mid makes the old SFT stale; RUN_RL adds RL after it
-    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1", "RUN_RL": "1", "RL_MINUTES": "0.02"})
+    # a new mid makes the old SFT stale; RUN_RL=0 stops after SFT and evaluates it
+    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1", "RUN_RL": "0"})
     out = retrained.communicate(timeout=300)[0]
     assert retrained.returncode == 0, out
     assert "base: already trained" in out and "sft: already trained" not in out
-    assert json.loads((fresh_home / "checkpoints" / "rl" / "done.json").read_text())["step"] > 0
-    assert json.loads((fresh_home / "evals" / "rl_chat.json").read_text())["stage"] == "rl"
+    assert "7/9 RL: off (RUN_RL=0)" in out and "8/9 chat evals of the sft model" in out
+    assert json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["stage"] == "sft"
     assert list((fresh_home / "checkpoints" / "sft").glob("previous-*"))  # the old SFT run, set aside
+
+    wrong = pipeline(fresh_home, 0.05, extra_env={"RUN_RL": "yes"})
+    out = wrong.communicate(timeout=60)[0]
+    assert wrong.returncode == 2 and out.strip().splitlines()[-1] == (
+        "local_cpu_train.sh: error: RUN_RL must be 0 or 1, got 'yes'")
 
 
 @pytest.mark.slow
@@ -94,16 +101,16 @@ def test_smoke_run_from_an_empty_home(tmp_path):
     settings, and the results of both evals are written."""
     home = tmp_path / "home"
     env = {**os.environ, "PICOCHAT_SMOKE": "1", "PICOCHAT_HOME": str(home), "DATA_SOURCE": "offline"}
-    for name in ("TRAIN_FLAGS", "DEPTH", "BASE_MINUTES", "MID_MINUTES", "SFT_MINUTES"):
+    for name in ("TRAIN_FLAGS", "DEPTH", "BASE_MINUTES", "MID_MINUTES", "SFT_MINUTES", "RL_MINUTES", "RUN_RL"):
         env.pop(name, None)
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr
     if done.returncode != 0 and "pip download failed" in out:
         pytest.skip("PyPI is not reachable from here: " + out.strip().splitlines()[-1])
     assert done.returncode == 0, out
-    assert json.loads((home / "checkpoints" / "sft" / "done.json").read_text())["step"] > 0
-    chat = json.loads((home / "evals" / "sft_chat.json").read_text())
+    assert json.loads((home / "checkpoints" / "rl" / "done.json").read_text())["step"] > 0
+    chat = json.loads((home / "evals" / "rl_chat.json").read_text())
     core = json.loads((home / "evals" / "base_core.json").read_text())
     assert all(r["problems"] == 4 for r in chat["results"]) and len(core["results"]) == 11
-    assert "7/8 chat evals" in out and "Talk to it" in out
+    assert "8/9 chat evals of the rl model" in out and "Talk to it" in out
     assert (home / "report" / "report.md").exists() and (home / "report" / "loss.png").exists()

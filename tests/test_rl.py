@@ -196,7 +196,7 @@ def test_the_rl_stage_logs_rewards_and_resumes_exactly_after_kill_9(fresh_home, 
     assert [r["tokens"] for r in records] == [sum(ran[:step]) for step in range(1, 13)]
     evals = read_metrics(checkpoint_dir(reference, "rl") / "metrics.jsonl", "eval")
     assert [e["step"] for e in evals] == [0, 6, 12]  # before, during and after
-    assert {"arithmetic_pass1", "arithmetic_pass2", "mathematics_pass1", "mathematics_pass2"} <= evals[-1].keys()
+    assert {"arithmetic_pass1", "arithmetic_pass2", "spelling_bee_pass1", "spelling_pass2"} <= evals[-1].keys()
 
     process = train_cli(fresh_home, *rl)
     out = checkpoint_dir(fresh_home, "rl")

@@ -8,6 +8,7 @@ splits, that no eval item is a training item.
 from __future__ import annotations
 
 import json
+import random
 import re
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from picochat.tasks import final_number
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.identity import Identity
 from picochat.tasks.multi_turn import MultiTurn
-from picochat.tasks.phrasing import held_out, number_words
+from picochat.tasks.phrasing import CLOSINGS, OPENINGS, chatty, held_out, number_words
 from picochat.tasks.spelling_bee import Spelling, SpellingBee, is_eval_word
 
 
@@ -74,6 +75,22 @@ def test_generated_tasks_ask_eval_questions_only_in_held_out_wordings(tiny_home)
         used = {task.split: {task[i]["template"] for i in range(len(task))} for task in (train, evals)}
         assert not used["train"] & used["eval"], f"{train.name}: eval wordings trained on"
         assert len(used["eval"]) >= 5 and len(used["train"]) >= 3 * len(used["eval"]) // 2, train.name
+
+
+def test_openings_and_closings_are_held_out_like_templates():
+    """chatty() wraps questions in openings and closings of its split only; both splits use several."""
+    for split in ("train", "eval"):
+        rng = random.Random(0)
+        wrapped = [chatty("{q}", rng, split) for _ in range(2000)]
+        openings = {w[:w.index("{q}")] for w in wrapped} - {""}
+        closings = {w[w.index("{q}") + 3:] for w in wrapped} - {""}
+        assert openings <= set(held_out(OPENINGS, split)) and len(openings) >= 5, split
+        assert closings <= set(held_out(CLOSINGS, split)) and len(closings) >= 3, split
+    rng = random.Random(1)
+    for wrapped in (chatty("What is {x}?", rng, "train") for _ in range(200)):
+        opening = wrapped[:wrapped.lower().index("what is")]
+        runs_on = opening and opening.rstrip()[-1] not in ".!?:"
+        assert wrapped[len(opening):].startswith("what is" if runs_on else "What is"), wrapped
 
 
 def test_held_out_splits_every_list_of_templates():

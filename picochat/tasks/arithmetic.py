@@ -23,7 +23,7 @@ import zlib
 
 from picochat.calculator import calculate
 from picochat.tasks import GeneratedTask, final_number
-from picochat.tasks.phrasing import casual, held_out, number_words
+from picochat.tasks.phrasing import casual, chatty, held_out, number_words
 
 # name -> (the calculator's expression, the ways people say it); a and b are drawn per operation below
 OPERATIONS = {
@@ -46,9 +46,11 @@ FRAMES = [
     "Can you calculate {x}?", "whats {x}", "Please work out {x}.", "Evaluate {x}.",
     "{x}?", "Tell me {x}.", "What do you get for {x}?", "What would {x} be?",
     "Solve {x}", "{x}=", "What is the value of {x}?", "Find {x}.",
-    "Quick question: what's {x}?", "I need to know {x}.", "How much does {x} come to?", "Hey, what's {x}?",
+    "Could you work out {x}?", "I need to know {x}.", "How much does {x} come to?", "How much would {x} be?",
     "Help me with {x}", "Work out {x} for me.", "What's the answer to {x}?", "Do you know what {x} is?",
     "can u do {x}", "What is {x} equal to?", "Figure out {x}.", "{x} is what?",
+    "I'd like to know {x}.", "What's the result of {x}?", "Can you work out {x}?", "Answer this: {x}",
+    "{x}, what is it?", "Can you tell me {x}?", "So what is {x}?", "What's {x} equal to?",
 ]
 # Commands: (operation, template)
 COMMANDS = [
@@ -59,6 +61,8 @@ COMMANDS = [
     ("square", "Square {a}."), ("multiply", "What do you get if you multiply {a} by {b}?"),
     ("subtract", "If I take {b} from {a}, what's left?"), ("divide", "Share {a} equally between {b}."),
     ("add", "What do {a} and {b} make together?"), ("percent", "Take {a} percent of {b}."),
+    ("multiply", "Times {a} by {b}."), ("add", "Add up {a} and {b}."), ("subtract", "Take away {b} from {a}."),
+    ("multiply", "What is {a} lots of {b}?"),
 ]
 NAMES = ["Sam", "Ana", "Lee", "Maya", "Omar", "Ivy", "Noah", "Zoe", "Ravi", "Lena", "Tom", "Mia"]
 THINGS = ["apples", "books", "coins", "stamps", "marbles", "shells", "cards", "pencils", "stickers", "eggs"]
@@ -96,6 +100,12 @@ WORD_PROBLEMS = [
     ("divide", "We drove {a} km in {b} hours. What was our average speed in km per hour?",
      "The average speed was {r} km per hour."),
     ("subtract", "I was born in {b} and it is {a} now. How old am I?", "You are {r} years old."),
+    ("add", "{name} walked {a} steps in the morning and {b} in the evening. How many steps in total?",
+     "That is {r} steps in total."),
+    ("multiply", "One box holds {a} {thing}. How many {thing} are in {b} boxes?", "There are {r} {thing}."),
+    ("divide", "{name} has {a} {thing} to put into bags of {b}. How many bags are needed?", "That is {r} bags."),
+    ("subtract", "A pack had {a} {thing} and {b} are gone. How many are left in the pack?",
+     "{r} {thing} are left in the pack."),
 ]
 ANSWER = "The answer is {r}."
 EVAL_SHARE = 10  # one question in 10 is an eval question
@@ -144,11 +154,12 @@ def draw(split: str, rng: random.Random) -> tuple[str, str, str, str]:
     """(template, question, calculator expression, answer sentence with {r}) of one random problem."""
     kind = rng.choices(["frame", "chain", "command", "word problem"], weights=[6, 1, 1.5, 2])[0]
     if kind == "chain":
-        frame = rng.choice(held_out(FRAMES, split))
+        frame = chatty(rng.choice(held_out(FRAMES, split)), rng, split)
         expression = expression_chain(rng)
         return frame, frame.format(x=expression), expression, ANSWER
     if kind == "word problem":
         operation, template, sentence = rng.choice(held_out(WORD_PROBLEMS, split))
+        template = chatty(template, rng, split)
         a, b = operands(operation, rng)
         values = dict(name=rng.choice(NAMES), thing=rng.choice(THINGS), a=say_number(a, rng, False),
                       b=say_number(b, rng, False))
@@ -159,10 +170,11 @@ def draw(split: str, rng: random.Random) -> tuple[str, str, str, str]:
                 sentence.replace("{r}", "{{r}}").format(**values))
     if kind == "command":
         operation, template = rng.choice(held_out(COMMANDS, split))
+        template = chatty(template, rng, split)
         a, b = operands(operation, rng)
         return (template, template.format(a=say_number(a, rng), b=say_number(b, rng)),
                 OPERATIONS[operation][0].format(a=a, b=b), ANSWER)
-    frame = rng.choice(held_out(FRAMES, split))
+    frame = chatty(rng.choice(held_out(FRAMES, split)), rng, split)
     operation = rng.choice(list(OPERATIONS))
     expression, sayings = OPERATIONS[operation]
     a, b = operands(operation, rng)

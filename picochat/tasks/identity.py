@@ -109,7 +109,7 @@ class Identity(GeneratedTask):
             questions, replies, words = BEHAVIOURS[behaviour]
             template = question = rng.choice(held_out(questions, self.split))
             reply, expect = rng.choice(replies), list(words)
-        return {"messages": [{"role": "user", "content": casual(question, rng, prefix=False)},
+        return {"messages": [{"role": "user", "content": casual(question, rng)},
                              {"role": "assistant", "content": reply}],
                 "behaviour": behaviour, "expect": expect, "template": template}
 

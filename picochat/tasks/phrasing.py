@@ -2,11 +2,13 @@
 
 A generated task asks its questions in many wordings (templates). Every EVAL_EVERY-th template of each list
 is asked only in the eval split, so an eval score measures new wordings, not recall of trained ones; the
-trained templates never reach the eval split (tests/test_tasks.py compares the sets). On top of the
-template, people type casually: lowercase, no final punctuation, extra "please". That noise is drawn in
-both splits: it is typing, not wording.
+trained templates never reach the eval split (tests/test_tasks.py compares the sets). Around a question
+people say more ("Hi! ...", "... Thanks!"): chatty() wraps a template in an opening and a closing, held
+out the same way, so the model learns that the question is in there somewhere. On top of that, people
+type casually: lowercase, no final punctuation. That noise is drawn in both splits: it is typing, not
+wording.
 
-    train_templates = held_out(TEMPLATES, "train")
+    template = chatty(rng.choice(held_out(TEMPLATES, "train")), rng, "train")
 """
 
 from __future__ import annotations
@@ -26,9 +28,27 @@ def held_out(templates: list, split: str) -> list:
     return [t for i, t in enumerate(templates) if (i % EVAL_EVERY == EVAL_EVERY - 1) == (split == "eval")]
 
 
-def casual(text: str, rng: random.Random, prefix: bool = True) -> str:
-    """How people type a question: sometimes all lowercase, without its final mark, or (where `prefix`)
-    opening with "please"."""
+# What people say before and after a question. An opening that does not end a sentence runs into it.
+OPENINGS = ["Hi! ", "Hey, ", "Quick question: ", "Hello. ", "Excuse me, ", "OK, ", "Question: ", "Um, ",
+            "Can you help me? ", "So, ", "Here's one: ", "Hi there, ", "I have a question. ", "Hiya! ",
+            "Next one: ", "hey ", "Help me out: ", "Hello, ", "One more: ", "Quick one: "]
+CLOSINGS = [" Thanks!", " thanks", " Thank you.", " please", " :)", " Can you help?", " I'm stuck.", " thx",
+            " Thanks in advance.", " Please answer.", " I need this for homework.", " Cheers!"]
+
+
+def chatty(template: str, rng: random.Random, split: str) -> str:
+    """The template, sometimes with an opening before it and a closing after it, from split's share of
+    each (held_out): a quarter of questions open with one, a sixth close with one."""
+    if rng.random() < 0.25:
+        opening = rng.choice(held_out(OPENINGS, split))
+        template = opening + (template if opening.rstrip()[-1] in ".!?:" else template[0].lower() + template[1:])
+    if rng.random() < 0.16:
+        template += rng.choice(held_out(CLOSINGS, split))
+    return template
+
+
+def casual(text: str, rng: random.Random) -> str:
+    """How people type a question: sometimes all lowercase, or without its final mark."""
     roll = rng.random()
     if roll < 0.2:
         text = text.lower()
@@ -36,8 +56,6 @@ def casual(text: str, rng: random.Random, prefix: bool = True) -> str:
         text = text[0].lower() + text[1:]
     if rng.random() < 0.2 and text[-1] in ".?!":
         text = text[:-1]
-    if prefix and rng.random() < 0.05:
-        text = rng.choice(["please ", "Please, ", "hey, ", "Quick one: "]) + text[0].lower() + text[1:]
     return text
 
 

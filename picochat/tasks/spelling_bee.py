@@ -24,7 +24,7 @@ from picochat.chat import TOOL_CALL_TEXT
 from picochat.common import UserError
 from picochat.data.shards import corpus_dir, iter_texts, split_shards
 from picochat.tasks import GeneratedTask, final_number
-from picochat.tasks.phrasing import ORDINALS, casual, held_out
+from picochat.tasks.phrasing import ORDINALS, casual, chatty, held_out
 
 WORD = re.compile(r"\b[a-z]{3,12}\b")  # whole words: a longer one is not cut to its first 12 letters
 EVAL_SHARE = 10  # one word in 10 is an eval word
@@ -41,6 +41,10 @@ COUNT_QUESTIONS = [
     "How many letter {l}'s are there in {word}?", "Does {word} have any {l}'s? How many?",
     "Find the number of {letter} in {word}.", "What is the number of times {letter} appears in {word}?",
     "Count {letter} in {word}", "How many {l} letters are in the word {word}?",
+    "How many {l}'s does the word {word} contain?", "What's the number of {l}'s in {word}?",
+    "{word} has how many {letter}?", "Count up the {letter} in {word} for me.",
+    "I need the number of {letter} in {word}.", "How many {letter} is in {word}?",
+    "Tell me the count of {letter} in the word {word}.", "Is there a {l} in {word}? How many?",
 ]
 # operation -> (the calculator call, the answer sentence, question templates); {w} is the word as the call
 # writes it (as_asked) or as the answer says it; {nth} and {i} pick a letter. The answer quotes the result:
@@ -50,23 +54,29 @@ SPELLING = {
         "Spell {word} backwards.", "What is {word} spelled backwards?", "Reverse the word {word}.",
         "Write {word} in reverse.", "How do you spell {word} backwards?", "{word} backwards?",
         "Can you reverse {word}?", "What's {word} written backwards?", "Reverse the letters of {word}.",
-        "Spell {word} in reverse order.", "What do you get if you spell {word} backwards?", "reverse {word}"]),
+        "Spell {word} in reverse order.", "What do you get if you spell {word} backwards?", "reverse {word}",
+        "What's {word} reversed?", "Give me {word} spelled backwards.", "Say {word} backwards.",
+        "Flip the letters of {word} around."]),
     "nth letter": ("{w}[{i}]", 'The {nth} letter of {w} is "{r}".', [
         "What is the {nth} letter of {word}?", "What's the {nth} letter in {word}?", "Which letter is {nth} in {word}?",
         "Tell me the {nth} letter of {word}.", "What letter comes {nth} in {word}?", "In {word}, what is the {nth} letter?",
         "Give me the {nth} letter of {word}.", "{nth} letter of {word}?", "What is the {nth} character of {word}?",
         "Name the {nth} letter in the word {word}.", "Which is the {nth} letter of {word}?",
-        "what's the {nth} letter of the word {word}"]),
+        "what's the {nth} letter of the word {word}", "What is the {nth} letter in the word {word}?",
+        "I want the {nth} letter of {word}.", "{nth} letter in {word}?", "Which letter of {word} comes {nth}?"]),
     "spell": ("'-'.join({w})", '{w} is spelled "{r}".', [
         "How do you spell {word}?", "Spell {word}.", "Spell out {word} letter by letter.", "Can you spell {word} for me?",
         "Spell the word {word}.", "What are the letters in {word}?", "Spell {word} with dashes between the letters.",
         "How is {word} spelled?", "Spell {word} one letter at a time.", "Please spell {word}.",
-        "Write out the letters of {word}.", "Could you spell {word}?"]),
+        "Write out the letters of {word}.", "Could you spell {word}?", "Spell {word} out for me.",
+        "What letters make up {word}?", "Can you spell out the word {word}?", "Letter by letter, how is {word} spelled?"]),
     "length": ("len({w})", "{w} has {r} letters.", [
         "How many letters are in {word}?", "How long is the word {word}?", "How many letters does {word} have?",
         "Count the letters in {word}.", "What is the length of {word}?", "How many characters are in {word}?",
         "Number of letters in {word}?", "What's the length of the word {word}?", "How many letters make up {word}?",
-        "Count all the letters of {word}.", "how many letters in {word}", "How many letters long is {word}?"]),
+        "Count all the letters of {word}.", "how many letters in {word}", "How many letters long is {word}?",
+        "How many letters does the word {word} have?", "What's the letter count of {word}?",
+        "Tell me how many letters are in {word}.", "{word} has how many letters?"]),
 }
 
 
@@ -120,8 +130,7 @@ class WordTask(GeneratedTask):
     def make(self, index: int) -> dict:
         rng = random.Random(f"{self.name}-{self.split}-{index}")
         template, question, answer, result = self.draw(rng.choice(self.words), rng)
-        # a word that opens the question has no space before it, in the call too (as_asked): keep it first
-        return {"messages": [{"role": "user", "content": casual(question, rng, not template.startswith("{word}"))},
+        return {"messages": [{"role": "user", "content": casual(question, rng)},
                              {"role": "assistant", "content": answer}], "answer": result, "template": template}
 
     def draw(self, word: str, rng: random.Random) -> tuple[str, str, list[dict], str]:
@@ -134,7 +143,7 @@ class SpellingBee(WordTask):
 
     def draw(self, word, rng):
         letter = rng.choice(word) if rng.random() < 0.7 else rng.choice("abcdefghijklmnopqrstuvwxyz")
-        template = rng.choice(held_out(COUNT_QUESTIONS, self.split))
+        template = chatty(rng.choice(held_out(COUNT_QUESTIONS, self.split)), rng, self.split)
         asked = rng.choice([letter] * 3 + [f"'{letter}'", f'"{letter}"', letter.upper()])
         count = word.count(letter)
         sentence = f"There is 1 {letter} in {word}." if count == 1 else f"There are {count} {letter}'s in {word}."
@@ -152,7 +161,7 @@ class Spelling(WordTask):
     def draw(self, word, rng):
         operation = rng.choice(list(SPELLING))
         call, sentence, templates = SPELLING[operation]
-        template = rng.choice(held_out(templates, self.split))
+        template = chatty(rng.choice(held_out(templates, self.split)), rng, self.split)
         position = rng.randrange(min(len(word), len(ORDINALS)))
         nth, index = (ORDINALS[position], position) if rng.random() < 0.8 else ("last", -1)
         said, literal = as_asked(word, rng, template)
