@@ -8,8 +8,9 @@
 # Every GPU count trains the same model on the same batches: each optimizer step takes TOTAL_BATCH_SIZE tokens,
 # and train.py makes up what the GPUs do not hold at once with gradient accumulation, grad_accum =
 # TOTAL_BATCH_SIZE / (DEVICE_BATCH_SIZE x MAX_SEQ_LEN x GPUs): 1 step on 8 GPUs, 8 micro-steps on one.
-# One GPU is then 8x slower, not worse. Re-running skips finished stages and evals and resumes an interrupted
-# stage (Ctrl-C or SIGTERM make it checkpoint first; a crash loses at most SAVE_EVERY steps).
+# One GPU is then 8x slower, not worse. Re-running skips finished stages and evals (picochat's --if-needed:
+# each records the fingerprints of what it was made from), trains again what changed since, and resumes an
+# interrupted stage (Ctrl-C or SIGTERM make it checkpoint first; a crash loses at most SAVE_EVERY steps).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME=speedrun.sh
@@ -46,14 +47,14 @@ Knobs (environment variables; a flag wins over its variable):
   EVAL_PROBLEMS      problems per chat eval task (default 0: all)
   RUN_RL             1: also run the RL stage after SFT and evaluate it (default 1; 0 skips it)
   RL_ITERATIONS      RL steps (default 250). A step samples 4 answers to each of 8 problems per GPU, with no
-                     accumulation: 250 steps on 8 GPUs are about one pass over the ~16,700 training problems
-                     (arithmetic, mathematics, GSM8K); fewer GPUs see fewer problems
+                     accumulation: 250 steps on 8 GPUs take 16,000 of the ~27,500 training problems
+                     (arithmetic, SpellingBee, spelling, GSM8K); fewer GPUs see fewer problems
   RL_MAX_SEQ_LEN     RL's sequence length (default 384: the longest prompt, ~190 tokens for GSM8K, plus the
                      128 sampled tokens of --rl-max-tokens)
   WANDB_RUN          a name: log every stage to Weights & Biases, grouped under it (unset or "dummy": off)
   TRAIN_FLAGS        more \`picochat train\` flags for every stage, e.g. "--compile false"
-  FORCE_BASE, FORCE_MID, FORCE_SFT, FORCE_RL   1: train that stage again
-  FORCE_EVAL         1: run the evals again even where their results are newer than the checkpoint
+  FORCE_BASE, FORCE_MID, FORCE_SFT, FORCE_RL   1: train that stage again (and so every stage after it)
+  FORCE_EVAL         1: run the evals again even where the checkpoint and settings are unchanged
   TORCH_ELASTIC_SHUTDOWN_TIMEOUT   seconds torchrun gives its workers to checkpoint after Ctrl-C or SIGTERM
                      before it kills them (default here 300; torchrun's own is 30)
   NUM_SHARDS, VOCAB_SIZE, DATA_SOURCE, DOWNLOAD_WORKERS, CHAT_DATA, FORCE_TOKENIZER, HF_ENDPOINT, HF_TOKEN go to
@@ -211,77 +212,50 @@ TRAIN_EXTRA+=(${TRAIN_FLAGS:-})  # last, so they win
 step "2/8 data and tokenizer (scripts/prepare_data.sh: skips what a login node already fetched)"
 bash "$ROOT/scripts/prepare_data.sh" ${DRY_RUN:+--dry-run}
 
-# train_stage STAGE AFTER [flags]: skip STAGE if it finished after the file AFTER was written (the tokenizer
-# for base, the previous stage's done.json after that), resume it if it was interrupted since, else start it.
-# Once a stage trains, every later stage and eval is stale; UPSTREAM_TRAINS says so before the files do,
-# which a dry run needs.
-UPSTREAM_TRAINS=""
 # Ctrl-C or a SIGTERM reaches torchrun, which passes it on to its workers (each in a session of its own): they
 # finish the step, write a checkpoint and exit. A d20 checkpoint is ~5 GB: wait longer than torchrun's 30 s
 # before it kills them.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
+# train_stage STAGE [flags]: picochat decides whether the stage is done, interrupted or stale (made from
+# another corpus, tokenizer, previous stage or settings) with --if-needed; FORCE_<STAGE>=1 starts it again,
+# and every later stage follows since what it was made from changed.
 train_stage() {
-    local stage=$1 after=$2
-    shift 2
-    local dir="$PICOCHAT_HOME/checkpoints/$stage" force_var="FORCE_${stage^^}" newest
-    local command=(torchrun --standalone "--nproc_per_node=$NGPU" -m picochat.cli train --stage "$stage" "$@"
-                   --device "$DEVICE" --save-every "$SAVE_EVERY" "${TRAIN_EXTRA[@]}")
-    newest=$(ls -t "$dir"/step_*.pt 2>/dev/null | head -n 1 || true)
-    if [ -n "${!force_var:-}" ]; then
-        echo "$stage: training again ($force_var=1)"
-    elif [ -n "$UPSTREAM_TRAINS" ]; then
-        echo "$stage: starting (an earlier stage trains in this run)"
-    elif [ -f "$dir/done.json" ] && [ ! "$after" -nt "$dir/done.json" ]; then
-        echo "$stage: already trained ($dir/done.json; $force_var=1 trains again)"
-        return
-    elif [ -n "$newest" ] && { [ ! -f "$dir/done.json" ] || [ "$newest" -nt "$dir/done.json" ]; } \
-         && [ ! "$after" -nt "$newest" ]; then
-        echo "$stage: resuming the interrupted run from $newest"
-        command+=(--resume)
-    else
-        echo "$stage: starting"
-    fi
-    UPSTREAM_TRAINS=1
-    local status=0
-    run "${command[@]}" || status=$?
+    local stage=$1 force_var="FORCE_${1^^}" status=0
+    shift
+    local when=(--if-needed)
+    [ -z "${!force_var:-}" ] || when=()
+    run torchrun --standalone "--nproc_per_node=$NGPU" -m picochat.cli train --stage "$stage" "$@" --device "$DEVICE" \
+        --save-every "$SAVE_EVERY" "${when[@]}" "${TRAIN_EXTRA[@]}" || status=$?
     [ -z "$DRY_RUN" ] || return 0
-    if [ ! -f "$dir/done.json" ] || [ "$after" -nt "$dir/done.json" ]; then  # a signal, Ctrl-C or a crash
+    if [ ! -f "$PICOCHAT_HOME/checkpoints/$stage/done.json" ]; then  # a signal, Ctrl-C or a crash
         echo "$stage: stopped before the end (exit status $status); run bash speedrun.sh again to resume" >&2
         exit $(( status ? status : 130 ))
     fi
 }
 
-# evaluate RESULT CHECKPOINT_DONE command...: run the eval unless RESULT is newer than the checkpoint's
-# done.json and no stage trained in this run.
+# evaluate base|chat [flags]: --if-needed skips an eval made from the same checkpoint and settings;
+# FORCE_EVAL=1 runs it again.
 evaluate() {
-    local result=$1 done=$2
-    shift 2
-    if [ -z "${FORCE_EVAL:-}" ] && [ -z "$UPSTREAM_TRAINS" ] && [ -f "$result" ] && [ ! "$done" -nt "$result" ]; then
-        echo "eval: already done ($result; FORCE_EVAL=1 runs it again)"
-    else
-        run "$@"
-    fi
+    local when=(--if-needed)
+    [ -z "${FORCE_EVAL:-}" ] || when=()
+    run picochat eval "$@" --device "$DEVICE" "${when[@]}"
 }
 
-CHECKPOINTS="$PICOCHAT_HOME/checkpoints" EVALS="$PICOCHAT_HOME/evals"
 step "3/8 base model: depth $DEPTH"
-train_stage base "$PICOCHAT_HOME/tokenizer/tokenizer.json" --depth "$DEPTH" --max-seq-len "$MAX_SEQ_LEN" \
+train_stage base --depth "$DEPTH" --max-seq-len "$MAX_SEQ_LEN" \
     --device-batch-size "$DEVICE_BATCH_SIZE" --total-batch-size "$TOTAL_BATCH_SIZE" "${BASE_LENGTH[@]}" \
     --eval-every 250 --eval-tokens $((20 * TOTAL_BATCH_SIZE))
 step "4/8 base eval: val bpb and CORE"
-evaluate "$EVALS/base_core.json" "$CHECKPOINTS/base/done.json" picochat eval base --source base --device "$DEVICE" \
-    --max-problems "$CORE_PROBLEMS" --eval-tokens $((20 * TOTAL_BATCH_SIZE))
+evaluate base --source base --max-problems "$CORE_PROBLEMS" --eval-tokens $((20 * TOTAL_BATCH_SIZE))
 step "5/8 mid-training: $MID_ITERATIONS steps"
-train_stage mid "$CHECKPOINTS/base/done.json" --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$DEVICE_BATCH_SIZE" \
+train_stage mid --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$DEVICE_BATCH_SIZE" \
     --total-batch-size "$TOTAL_BATCH_SIZE" --num-iterations "$MID_ITERATIONS"
-evaluate "$EVALS/mid_chat.json" "$CHECKPOINTS/mid/done.json" picochat eval chat --source mid --device "$DEVICE" \
-    --max-problems "$EVAL_PROBLEMS"
+evaluate chat --source mid --max-problems "$EVAL_PROBLEMS"
 step "6/8 SFT: $SFT_ITERATIONS steps"
-train_stage sft "$CHECKPOINTS/mid/done.json" --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$SFT_DEVICE_BATCH_SIZE" \
+train_stage sft --max-seq-len "$MAX_SEQ_LEN" --device-batch-size "$SFT_DEVICE_BATCH_SIZE" \
     --total-batch-size "$SFT_TOTAL_BATCH_SIZE" --num-iterations "$SFT_ITERATIONS"
 step "7/8 chat evals of the SFT model"
-evaluate "$EVALS/sft_chat.json" "$CHECKPOINTS/sft/done.json" picochat eval chat --source sft --device "$DEVICE" \
-    --max-problems "$EVAL_PROBLEMS"
+evaluate chat --source sft --max-problems "$EVAL_PROBLEMS"
 
 step "8/8 RL ($RL_ITERATIONS steps) and the report card"
 if [ "$RUN_RL" != 1 ]; then
@@ -290,9 +264,8 @@ else
     # An RL sequence is a prompt and one sampled answer (a batch is right-padded to its longest), so
     # RL_MAX_SEQ_LEN holds the longest: GSM8K's prompts reach ~190 tokens (arithmetic and spelling under 50),
     # plus --rl-max-tokens (128). Base's 2048 would only misstate RL's val rows and attention FLOPs.
-    train_stage rl "$CHECKPOINTS/sft/done.json" --max-seq-len "$RL_MAX_SEQ_LEN" --num-iterations "$RL_ITERATIONS"
-    evaluate "$EVALS/rl_chat.json" "$CHECKPOINTS/rl/done.json" picochat eval chat --source rl --device "$DEVICE" \
-        --max-problems "$EVAL_PROBLEMS"
+    train_stage rl --max-seq-len "$RL_MAX_SEQ_LEN" --num-iterations "$RL_ITERATIONS"
+    evaluate chat --source rl --max-problems "$EVAL_PROBLEMS"
 fi
 run picochat report
 step "done${DRY_RUN:+ (dry run)}"

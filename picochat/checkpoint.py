@@ -12,6 +12,8 @@ here deletes or moves a checkpoint another process may be writing.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import random
 import re
@@ -154,6 +156,45 @@ def check_fingerprints(checkpoint: dict, current: dict) -> None:
         if name in saved and saved[name] != value:
             raise UserError(f"the {name} changed since this checkpoint was written ({saved[name][:12]} then, "
                             f"{value[:12]} now); resume needs the same {name}, or start a new run without --resume")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Done, interrupted or stale: what `picochat train --if-needed` does with a stage directory
+
+# The inputs a stage is made from, as fingerprints: done.json and every checkpoint record them.
+INPUT_NAMES = {"corpus": "the corpus", "tokenizer": "the tokenizer",
+               "previous": "the output of the step before it", "settings": "the settings"}
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a small file (a done.json), or "" where there is none."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def changed_input(recorded: dict, current: dict) -> str | None:
+    """The first input whose fingerprint differs from what was recorded, or None when all match."""
+    return next((name for name, value in current.items() if recorded.get(name) != value), None)
+
+
+def plan_stage(directory: Path, inputs: dict) -> tuple[str, str]:
+    """("done" | "resume" | "start", why). Done when done.json records these inputs; resume when the newest
+    good checkpoint of an unfinished run does; otherwise start (a stale or foreign run is set aside)."""
+    done = directory / "done.json"
+    if done.exists():
+        changed = changed_input(json.loads(done.read_text()).get("inputs", {}), inputs)
+        if changed is None:
+            return "done", f"already trained ({done})"
+        return "start", f"stale: {INPUT_NAMES[changed]} changed since it was trained; training again"
+    if not list_checkpoints(directory):
+        return "start", "starting"
+    try:
+        path, checkpoint = load_latest(directory, mmap=True)
+    except UserError:
+        return "start", "no readable checkpoint of the interrupted run; starting again"
+    changed = changed_input(checkpoint.get("fingerprints", {}), inputs)
+    if changed is None:
+        return "resume", f"resuming the interrupted run from {path}"
+    return "start", f"{INPUT_NAMES[changed]} changed since the interrupted run started; starting again"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                             "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
     ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
-    ("eval", "base"): ("picochat.evals.core", "BaseEvalConfig LoadConfig", "run",
+    ("eval", "base"): ("picochat.evals.core", "BaseEvalConfig LoadConfig RerunConfig", "run",
                        "a base model's val bpb and CORE score (few-shot HellaSwag, PIQA, ARC, ...)"),
-    ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig", "run",
+    ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig RerunConfig", "run",
                        "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic, spelling, "
                        "identity; ChatCORE"),
     ("report", None): ("picochat.report", "ReportConfig", "run",

@@ -52,7 +52,10 @@ def train_command(args) -> Tokenizer:
     start = time.perf_counter()
     tokenizer = Tokenizer.train(texts, config.vocab_size)
     seconds = time.perf_counter() - start
-    tokenizer.save(tokenizer_dir(home), train_seconds=round(seconds, 2))
+    # When it was trained makes each training's tokenizer.json another file: base, which records that file
+    # as what it was made after (train.run_inputs), trains again after any tokenizer training.
+    tokenizer.save(tokenizer_dir(home), train_seconds=round(seconds, 2),
+                   trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     print(f"tokenizer: vocab {tokenizer.vocab_size:,} trained in {seconds:.1f}s -> {tokenizer_dir(home)}")
     if tokenizer.vocab_size < config.vocab_size:
         print(f"warning: the corpus only supports {tokenizer.vocab_size:,} tokens, fewer than --vocab-size "

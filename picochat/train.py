@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -20,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from picochat.checkpoint import (StageLock, check_fingerprints, check_vocab, checkpoint_dir, list_checkpoints,
-                                 load_latest, load_model_weights, make_payload, resolve_resume, restore,
-                                 save_checkpoint, set_aside_newer, set_aside_previous_run)
+from picochat.checkpoint import (StageLock, check_fingerprints, check_vocab, checkpoint_dir, file_fingerprint,
+                                 list_checkpoints, load_latest, load_model_weights, make_payload, plan_stage,
+                                 resolve_resume, restore, save_checkpoint, set_aside_newer, set_aside_previous_run)
 from picochat.common import (Runtime, UserError, atomic_write_text, launch_rank, picochat_home, print0,
                              setup_runtime, teardown_runtime)
 from picochat.config import build, describe, field_names, flag_name, option, require_at_least
@@ -33,7 +34,7 @@ from picochat.optim import OptimConfig, build_optimizers, set_lr
 from picochat.perf import mfu_warning, peak_flops, peak_rss_bytes
 from picochat.progress import MetricsLog, Progress, StopSignal
 from picochat.stages import STAGES, Stage, base_stage
-from picochat.tokenizer import load_tokenizer
+from picochat.tokenizer import META_FILE, load_tokenizer, tokenizer_dir
 
 
 @dataclass
@@ -59,6 +60,8 @@ class TrainConfig:
     keep_last: int = option(2, "checkpoints of this stage to keep")
     resume: str = option("", "continue the interrupted run from its newest good checkpoint (or PATH), "
                                  "with that run's settings", const="latest")
+    if_needed: bool = option(False, "skip the stage if it finished from the same corpus, tokenizer, previous "
+                                    "stage's run and settings; resume it if it was interrupted; else start it")
     # where and how it runs
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
@@ -84,6 +87,8 @@ class TrainConfig:
             raise UserError("set one of --num-iterations, --time-budget or --target-param-data-ratio")
         if self.num_iterations and self.time_budget:
             raise UserError("give --num-iterations or --time-budget, not both")
+        if self.resume and self.if_needed:
+            raise UserError("give --resume or --if-needed, not both (--if-needed resumes where it can)")
         if self.stage == "rl" and not (self.num_iterations or self.time_budget):  # tokens/param sizes pretraining
             raise UserError("--stage rl needs a length: give --num-iterations N or --time-budget MINUTES")
         if self.stage == "rl" and self.total_batch_size:  # its metrics describe one rollout batch per step
@@ -117,8 +122,14 @@ def run(args) -> TrainState:
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)  # only flags the user typed
     stage = make_stage(given.get("stage", "base"))
     out_dir = checkpoint_dir(picochat_home(given.get("home") or None), stage.name)
-    resolve_configs(stage, given, None)  # a bad flag fails here, before anything touches the disk
+    config, optim_config = resolve_configs(stage, given, None)  # a bad flag fails here, before the disk
     with StageLock(out_dir, enabled=launch_rank() == 0):  # rank 0 owns the directory for the whole job
+        if config.if_needed:
+            action, why = plan_stage(out_dir, run_inputs(config, optim_config, stage, load_tokenizer(config.home_path)))
+            print0(f"{stage.name}: {why}")
+            if action == "done":
+                return finished_state(out_dir)
+            given = {**given, "if_needed": False, "resume": "latest" if action == "resume" else ""}
         resume = resolve_resume(given["resume"], out_dir) if given.get("resume") else None
         config, optim_config = resolve_configs(stage, given, resume[1] if resume else None)
         runtime = setup_runtime(config.device, config.dtype)
@@ -126,6 +137,24 @@ def run(args) -> TrainState:
             return train(config, optim_config, stage, runtime, resume)
         finally:
             teardown_runtime(runtime)
+
+
+def run_inputs(config: TrainConfig, optim_config: OptimConfig, stage: Stage, tokenizer) -> dict:
+    """Fingerprints of what a run is made from (checkpoint.INPUT_NAMES): its data, its tokenizer, the record
+    of the step before it (the done.json of the stage it starts from; for base, tokenizer.json) and the
+    settings a resume keeps. --if-needed compares them."""
+    settings = {name: value for name, value in {**asdict(config), **asdict(optim_config)}.items()
+                if name in FIXED_ON_RESUME}
+    previous = (checkpoint_dir(config.home_path, stage.init_from) / "done.json" if stage.init_from
+                else tokenizer_dir(config.home_path) / META_FILE)  # base comes after the tokenizer's training
+    return {"corpus": stage.data_fingerprint(config), "tokenizer": tokenizer.fingerprint(),
+            "previous": file_fingerprint(previous),
+            "settings": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
+
+
+def finished_state(out_dir: Path) -> TrainState:
+    done = json.loads((out_dir / "done.json").read_text())
+    return TrainState(**{name: done[name] for name in field_names(TrainState) if name in done})
 
 
 def make_stage(name: str) -> Stage:
@@ -142,7 +171,7 @@ def make_stage(name: str) -> Stage:
 FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
                    "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
                    *(f.name for f in fields(OptimConfig)))
-NOT_RESUMED = ("resume", "home", "stage")  # where the run lives, not how it runs
+NOT_RESUMED = ("resume", "if_needed", "home", "stage")  # where the run lives, not how it runs
 
 
 def resolve_configs(stage: Stage, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, OptimConfig]:
@@ -172,9 +201,9 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     out_dir = checkpoint_dir(config.home_path, stage.name)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.home_path)
-    fingerprints = {"corpus": stage.data_fingerprint(config), "tokenizer": tokenizer.fingerprint()}
+    fingerprints = run_inputs(config, optim_config, stage, tokenizer)
     if resume is not None:
-        check_fingerprints(resume[1], fingerprints)
+        check_fingerprints(resume[1], {name: fingerprints[name] for name in ("corpus", "tokenizer")})
     check_val_split(stage, tokenizer, config, runtime)
     init = None if resume else load_init(config, stage)
     model_config = model_shape(config, tokenizer, resume or init)
@@ -211,7 +240,7 @@ class LoopContext:
     tokens_per_step: int
     num_iterations: int            # 0 when a time budget decides
     peak_flops: float
-    fingerprints: dict             # of the corpus and tokenizer, saved in every checkpoint
+    fingerprints: dict             # of the run's inputs (run_inputs), in every checkpoint and done.json
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,7 +291,8 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
 def finish(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     """Mark the stage done (for the pipeline script and the report) and check the MFU's yardstick again."""
     if ctx.runtime.is_main:
-        atomic_write_text(ctx.out_dir / "done.json", json.dumps({**asdict(state), **metrics.last}, indent=2))
+        done = {**asdict(state), **metrics.last, "inputs": ctx.fingerprints}
+        atomic_write_text(ctx.out_dir / "done.json", json.dumps(done, indent=2))
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
            f"val bpb {state.val_bpb:.4f}, pretraining val bpb {state.pretrain_val_bpb:.4f}; "
            f"checkpoint in {ctx.out_dir}")

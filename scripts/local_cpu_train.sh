@@ -3,11 +3,11 @@
 #   .venv -> pretraining data -> tokenizer -> base model -> base eval (CORE) -> mid-training -> SFT -> RL
 #   -> chat evals -> report card ($PICOCHAT_HOME/report/report.md, with plots)
 # Everything lands under $PICOCHAT_HOME. Re-running skips finished stages and resumes an interrupted one
-# (Ctrl-C writes a checkpoint first); a stage whose predecessor was trained again since is trained again too.
+# (Ctrl-C writes a checkpoint first); a stage made from anything that changed since is trained again.
 #
 # Knobs (environment variables):
 #   PICOCHAT_HOME    where everything goes (default ~/.cache/picochat; ~/.cache/picochat-smoke with SMOKE)
-#   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES (default 3), SFT_MINUTES (default 2)
+#   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES (default 2.5), SFT_MINUTES (default 2)
 #   DEPTH            transformer blocks of the base model (default 4; width is 64 x depth)
 #   VOCAB_SIZE       tokenizer vocabulary (default 4096)
 #   DATA_SOURCE      auto | offline | fineweb (default auto: FineWeb-Edu if reachable, else offline)
@@ -66,48 +66,37 @@ else
 fi
 picochat tokenizer eval
 
-# train_stage STAGE MINUTES PREVIOUS [flags]: skip the stage if it finished after PREVIOUS did, resume it
-# if it was interrupted since, else start it.
+# train_stage STAGE MINUTES [flags]: picochat decides whether the stage is done, interrupted or stale (made
+# from another corpus, tokenizer, previous stage or settings) with --if-needed; FORCE_<STAGE>=1 starts it
+# again, and every later stage follows since what it was made from changed.
 train_stage() {
-    local stage=$1 minutes=$2 previous=$3
-    shift 3
-    local dir="$PICOCHAT_HOME/checkpoints/$stage" force_var="FORCE_${stage^^}"
-    local previous_done="$PICOCHAT_HOME/checkpoints/$previous/done.json"
+    local stage=$1 minutes=$2 force_var="FORCE_${1^^}"
+    shift 2
+    local when=(--if-needed)
+    [ -z "${!force_var:-}" ] || when=()
     # Checkpoint about once a minute, so even a kill -9 loses little. TRAIN_FLAGS come last: they win.
-    # shellcheck disable=SC2206
-    local flags=(--stage "$stage" --time-budget "$minutes" --save-every 50 "$@" ${TRAIN_FLAGS:-})
-    local newest
-    newest=$(ls -t "$dir"/step_*.pt 2>/dev/null | head -n 1 || true)
-    if [ -n "${!force_var:-}" ]; then
-        picochat train "${flags[@]}"
-    elif [ -f "$dir/done.json" ] && [ ! "$previous_done" -nt "$dir/done.json" ]; then
-        echo "$stage: already trained ($dir/done.json; $force_var=1 trains again)"
-    elif [ -n "$newest" ] && [ ! -f "$dir/done.json" ] && [ ! "$previous_done" -nt "$newest" ]; then
-        echo "$stage: resuming the interrupted run"
-        picochat train "${flags[@]}" --resume
-    else
-        picochat train "${flags[@]}"
-    fi
-    if [ ! -f "$dir/done.json" ] || [ "$previous_done" -nt "$dir/done.json" ]; then
+    # shellcheck disable=SC2086
+    picochat train --stage "$stage" --time-budget "$minutes" "$@" --save-every 50 "${when[@]}" ${TRAIN_FLAGS:-}
+    if [ ! -f "$PICOCHAT_HOME/checkpoints/$stage/done.json" ]; then
         echo "$stage: stopped before the end; run this script again to resume"  # Ctrl-C or a signal
         exit 130
     fi
 }
 
 step "3/9 base model: depth $DEPTH, ${BASE_MINUTES:-8} minutes of training"
-train_stage base "${BASE_MINUTES:-8}" none --depth "$DEPTH"
+train_stage base "${BASE_MINUTES:-8}" --depth "$DEPTH"
 step "4/9 base eval: val bpb and CORE"
 picochat eval base --max-problems "${CORE_PROBLEMS:-50}"
-step "5/9 mid-training: ${MID_MINUTES:-3} minutes"
-train_stage mid "${MID_MINUTES:-3}" base
+step "5/9 mid-training: ${MID_MINUTES:-2.5} minutes"
+train_stage mid "${MID_MINUTES:-2.5}"
 step "6/9 SFT: ${SFT_MINUTES:-2} minutes"
-train_stage sft "${SFT_MINUTES:-2}" mid
+train_stage sft "${SFT_MINUTES:-2}"
 # 2 minutes of RL beat 2 more minutes of SFT on the held-out evals (EVALS_AND_DATA.md). Its pass@k is
 # measured once, at the end, on a few problems: the chat evals below measure the model anyway.
 final=sft
 if [ "$RUN_RL" = 1 ]; then
     step "7/9 RL: ${RL_MINUTES:-2} minutes"
-    train_stage rl "${RL_MINUTES:-2}" sft --eval-every 0 --rl-eval-problems 16
+    train_stage rl "${RL_MINUTES:-2}" --eval-every 0 --rl-eval-problems 16
     final=rl
 else
     step "7/9 RL: off (RUN_RL=0)"

@@ -58,11 +58,11 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert again.returncode == 0, out
     assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft", "rl"))
 
-    # a new mid makes the old SFT stale; RUN_RL=0 stops after SFT and evaluates it
-    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_MID": "1", "RUN_RL": "0"})
+    # a tokenizer trained again makes everything after it stale; RUN_RL=0 stops after SFT and evaluates it
+    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_TOKENIZER": "1", "RUN_RL": "0"})
     out = retrained.communicate(timeout=300)[0]
     assert retrained.returncode == 0, out
-    assert "base: already trained" in out and "sft: already trained" not in out
+    assert all(f"{stage}: stale: " in out for stage in ("base", "mid", "sft")) and "already trained" not in out
     assert "7/9 RL: off (RUN_RL=0)" in out and "8/9 chat evals of the sft model" in out
     assert json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["stage"] == "sft"
     assert list((fresh_home / "checkpoints" / "sft").glob("previous-*"))  # the old SFT run, set aside

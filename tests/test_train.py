@@ -639,3 +639,65 @@ def test_sft_resumes_exactly_after_an_interruption(chat_home, tmp_path, monkeypa
     reference = tmp_path / "reference"
     run_interrupted(chat_home, reference, monkeypatch, flags, 4, "--stage", "sft")
     assert losses(chat_home, "sft") == losses(reference, "sft") and len(losses(reference, "sft")) == 10
+
+
+# ---- --if-needed: done, interrupted or stale -------------------------------------------------------------
+
+def test_if_needed_skips_a_finished_stage_and_names_what_made_one_stale(home, corpus_documents, capsys):
+    def base(steps: int = 2) -> dict:
+        return flags_dict(*TINY, "--num-iterations", str(steps), "--if-needed", "--home", str(home))
+    mid = flags_dict(*TINY, "--stage", "mid", "--num-iterations", "2", "--if-needed", "--home", str(home))
+    run(base())
+    run(mid)
+    done = home / "checkpoints" / "mid" / "done.json"
+    before = done.read_bytes()
+    capsys.readouterr()
+    assert run(base()).step == 2 and run(mid).step == 2
+    out = capsys.readouterr().out
+    assert f"base: already trained ({home / 'checkpoints' / 'base' / 'done.json'})" in out
+    assert "mid: already trained" in out and done.read_bytes() == before  # nothing ran
+
+    def stale(flags: dict) -> str:
+        run(flags)
+        return [line for line in capsys.readouterr().out.splitlines() if "stale" in line][0]
+
+    assert stale(base(3)) == "base: stale: the settings changed since it was trained; training again"
+    assert stale(mid) == "mid: stale: the output of the step before it changed since it was trained; training again"
+    load_tokenizer(home).save(tokenizer_dir(home), trained_at="again")  # the same merges, trained again
+    assert stale(base(3)).startswith("base: stale: the output of the step before it changed")
+    Tokenizer.train((d.text for d in corpus_documents), 400).save(tokenizer_dir(home))
+    assert stale(base(3)).startswith("base: stale: the tokenizer changed")
+    assert stale(mid).startswith("mid: stale: the tokenizer changed")
+    assert list((home / "checkpoints" / "mid").glob("previous-*/done.json"))  # stale runs are set aside
+    write_corpus(corpus_documents[:250], corpus_dir(home), shard_bytes=40_000, description={"source": "offline"})
+    assert stale(base(3)).startswith("base: stale: the corpus changed")
+
+
+def test_if_needed_resumes_an_interrupted_run_and_restarts_a_changed_one(home, tiny_home, tmp_path, monkeypatch,
+                                                                         capsys):
+    def flags(where: Path, steps: int = 6) -> dict:
+        return flags_dict(*TINY, "--num-iterations", str(steps), "--save-every", "1", "--if-needed",
+                          "--home", str(where))
+
+    def stopped_at_step_3() -> None:
+        with monkeypatch.context() as patch:
+            stop_after(patch, 3)
+            assert run(flags(home)).step == 3
+        capsys.readouterr()
+
+    stopped_at_step_3()
+    assert run(flags(home, 7)).step == 7
+    assert ("base: the settings changed since the interrupted run started; starting again"
+            in capsys.readouterr().out)
+    stopped_at_step_3()  # stale (6 steps now), started again and stopped
+    assert run(flags(home)).step == 6
+    out = home / "checkpoints" / "base"
+    assert f"base: resuming the interrupted run from {out / 'step_000003.pt'}" in capsys.readouterr().out
+    reference = Path(shutil.copytree(tiny_home, tmp_path / "reference"))
+    run(flags(reference))
+    assert losses(home) == losses(reference)  # the same run as an uninterrupted one
+
+
+def test_if_needed_and_resume_together_are_one_line_error(home):
+    with pytest.raises(UserError, match=r"^give --resume or --if-needed, not both"):
+        run(flags_dict(*TINY, "--num-iterations", "2", "--resume", "--if-needed", "--home", str(home)))

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from picochat.common import UserError, atomic_write_text, print0
 from picochat.config import build, option
 from picochat.engine import Engine, LoadConfig, Sampling
+from picochat.evals import RerunConfig, earlier_results
 from picochat.sandbox import describe as describe_sandbox
 from picochat.tasks import Task
 from picochat.tasks.arc import ARC
@@ -131,10 +132,15 @@ def chat_core(results: list[dict]) -> float | None:
 
 
 def run(args) -> dict:
-    config, load = build(ChatEvalConfig, args), build(LoadConfig, args)
+    config, load, rerun = build(ChatEvalConfig, args), build(LoadConfig, args), build(RerunConfig, args)
     names = task_names(config.tasks)
-    engine = Engine.load(load)
     home = load.home_path
+    path, inputs, earlier = earlier_results(home, "chat", "" if load.source == "auto" else load.source, load.step,
+                                            config)
+    if rerun.if_needed and earlier:
+        print0(f"eval: already done ({path}: the same checkpoint and settings)")
+        return earlier
+    engine = Engine.load(load)
     sandbox = describe_sandbox() if "humaneval" in names else None
     if sandbox:
         print0(f"sandbox: {sandbox}")
@@ -147,14 +153,13 @@ def run(args) -> dict:
         print0(f"| {r['task']} | {r['problems']} | {r['accuracy']:.1%} | {r['stderr']:.1%} | "
                f"{r['centered']:.3f} | {in_format:.0%} | {r['seconds']} |")
     report = {**engine.info, "chatcore": chat_core(results), "chatcore_tasks": list(CHATCORE_TASKS),
-              "sandbox": sandbox, "results": results}
+              "sandbox": sandbox, "results": results, "inputs": inputs}
     if report["chatcore"] is None:
         print0(f"ChatCORE: not computed (it needs all of {', '.join(CHATCORE_TASKS)})")
     else:
         print0(f"ChatCORE {report['chatcore']:.4f} (mean centred accuracy of {', '.join(CHATCORE_TASKS)}; "
                "the other tasks are outside it)")
     print0("in format: the share of letter answers (multiple choice) or of answers the model ended itself")
-    path = home / "evals" / f"{engine.info['stage']}_chat.json"
     atomic_write_text(path, json.dumps(report, indent=2))
     print0(f"results: {path}")
     return report

@@ -31,6 +31,7 @@ from picochat.config import build, option
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, split_shards
 from picochat.engine import Engine, LoadConfig
+from picochat.evals import RerunConfig, earlier_results
 from picochat.evals.bpb import evaluate_bpb
 from picochat.tasks.core import CoreTask, core_items, core_tasks
 
@@ -147,12 +148,15 @@ def val_bpb(engine: Engine, home, batch_size: int, tokens: int) -> float:
 
 
 def run(args) -> dict:
-    config, load = build(BaseEvalConfig, args), build(LoadConfig, args)
+    config, load, rerun = build(BaseEvalConfig, args), build(LoadConfig, args), build(RerunConfig, args)
+    home, source = load.home_path, "base" if load.source == "auto" else load.source
+    path, inputs, earlier = earlier_results(home, "core", source, load.step, config)
+    if rerun.if_needed and earlier:
+        print0(f"eval: already done ({path}: the same checkpoint and settings)")
+        return earlier
     # Scoring is all prefill, compute-bound like training: the training dtype (bf16 on a CPU that has it,
     # 2x faster here with the same picks), not the engine's fp32 for decoding.
-    engine = Engine.from_checkpoint(load.home_path, "base" if load.source == "auto" else load.source, load.step,
-                                    setup_runtime(load.device, load.dtype))
-    home = load.home_path
+    engine = Engine.from_checkpoint(home, source, load.step, setup_runtime(load.device, load.dtype))
     report = {**engine.info}
     if config.eval_tokens:
         start = time.perf_counter()
@@ -170,7 +174,7 @@ def run(args) -> dict:
     report["core"] = sum(r["centered"] for r in results) / len(results)
     report["results"] = results
     print0(f"CORE {report['core']:.4f} (mean centred accuracy of {len(results)} tasks)")
-    path = home / "evals" / f"{engine.info['stage']}_core.json"
+    report["inputs"] = inputs
     atomic_write_text(path, json.dumps(report, indent=2))
     print0(f"results: {path}")
     return report
