@@ -25,7 +25,7 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                           "build the pretraining corpus (FineWeb-Edu download or offline packages)"),
     ("data", "download"): ("picochat.data.download", "DownloadConfig", "run",
                            "download FineWeb-Edu parquet shards from Hugging Face"),
-    ("data", "download-chat"): ("picochat.data.hub", "ChatDownloadConfig", "run",
+    ("data", "download-chat"): ("picochat.tasks.online", "ChatDownloadConfig", "run",
                                 "download SmolTalk, MMLU auxiliary-train and GSM8K-train for mid/SFT"),
     ("tokenizer", "train"): ("picochat.tokenizer_commands", "TokenizerTrainConfig", "train_command",
                              "train the BPE tokenizer on the corpus"),

@@ -17,20 +17,17 @@ from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
 from picochat.rl import RolloutBatches, pass_at_k
-from picochat.data.hub import hub_dir
 from picochat.engine import Engine
-from picochat.tasks import Task, gsm8k, mmlu_auxiliary, smoltalk
+from picochat.tasks import Task
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.chatterbot import ChatterBot
 from picochat.tasks.chitchat import ChitChat
-from picochat.tasks.gsm8k import GSM8K
 from picochat.tasks.identity import Identity
 from picochat.tasks.mathematics import Mathematics
 from picochat.tasks.mc_practice import MultipleChoicePractice
-from picochat.tasks.mmlu_auxiliary import MMLUAuxiliary
 from picochat.tasks.multi_turn import MultiTurn
+from picochat.tasks.online import downloaded_tasks
 from picochat.tasks.pretraining_text import PretrainingText
-from picochat.tasks.smoltalk import SmolTalk
 from picochat.tasks.spelling_bee import Spelling, SpellingBee
 
 
@@ -124,21 +121,6 @@ def sft_mixture(config, split: str) -> list[tuple[Task, float]]:
     return chat_mixture(config, split) + [(PretrainingText.from_corpus(config.home_path, split), 0.5)]
 
 
-# Online datasets: (module with REPO and FILES, maker); a split counts only where its file was downloaded.
-# GSM8K's test split is an eval (tasks/gsm8k.py) and never part of a mixture.
-HUB_TASKS = [(smoltalk, lambda home, split: SmolTalk.from_hub(home, split)),
-             (mmlu_auxiliary, lambda home, split: MMLUAuxiliary.from_hub(home)),
-             (gsm8k, lambda home, split: GSM8K.from_hub(home))]
-
-
-def downloaded_tasks(home, split: str, modules: tuple = ()) -> list[Task]:
-    """The online datasets' tasks (only those of `modules`, if given) whose split was downloaded. Filtered
-    before reading: SmolTalk alone is ~460k conversations."""
-    return [make(home, split) for module, make in HUB_TASKS
-            if (not modules or module in modules) and split in module.FILES
-            and (hub_dir(home) / module.REPO / module.FILES[split]).exists()]
-
-
 def mid_stage() -> Stage:
     """Mid-training: the chat template, conversations, tool use and multiple choice, starting from base."""
     return conversation_stage("mid", "base", mid_mixture)
@@ -156,7 +138,7 @@ def rl_problems(config, split: str) -> list[Task]:
     of their rollouts would teach nothing (a group whose samples all fail has zero advantages)."""
     home = config.home_path
     tasks = [ArithmeticWithTool(split), SpellingBee.from_corpus(home, split), Spelling.from_corpus(home, split)]
-    return tasks + downloaded_tasks(home, split, modules=(gsm8k,))
+    return tasks + downloaded_tasks(home, split, names=("gsm8k",))
 
 
 def rl_stage() -> Stage:

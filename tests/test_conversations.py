@@ -104,17 +104,18 @@ def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
 
 
 def test_downloaded_datasets_join_only_where_their_split_was_fetched(tmp_path, monkeypatch):
-    from picochat import stages
     from picochat.data.hub import hub_dir
+    from picochat.tasks import gsm8k, online, smoltalk
     made = []
-    monkeypatch.setattr(stages, "HUB_TASKS", [(module, lambda home, split, name=module.REPO: made.append(name) or name)
-                                              for module, _ in stages.HUB_TASKS])
-    for module in (stages.smoltalk, stages.gsm8k):  # fetched; mmlu_auxiliary was not
+    monkeypatch.setattr(online, "ONLINE_DATASETS", {
+        name: (module, lambda home, split, name=module.REPO: made.append(name) or name)
+        for name, (module, _) in online.ONLINE_DATASETS.items()})
+    for module in (smoltalk, gsm8k):  # fetched; mmlu_auxiliary was not
         for path in module.FILES.values():
             (hub_dir(tmp_path) / module.REPO / path).parent.mkdir(parents=True, exist_ok=True)
             (hub_dir(tmp_path) / module.REPO / path).touch()
-    assert stages.downloaded_tasks(tmp_path, "train") == [stages.smoltalk.REPO, stages.gsm8k.REPO]
-    assert stages.downloaded_tasks(tmp_path, "eval") == [stages.smoltalk.REPO]  # GSM8K test is an eval
+    assert online.downloaded_tasks(tmp_path, "train") == [smoltalk.REPO, gsm8k.REPO]
+    assert online.downloaded_tasks(tmp_path, "eval") == [smoltalk.REPO]  # GSM8K test is an eval
     made.clear()
-    assert stages.downloaded_tasks(tmp_path, "train", modules=(stages.gsm8k,)) == [stages.gsm8k.REPO]
-    assert made == [stages.gsm8k.REPO]  # SmolTalk is not even read
+    assert online.downloaded_tasks(tmp_path, "train", names=("gsm8k",)) == [gsm8k.REPO]
+    assert made == [gsm8k.REPO]  # SmolTalk is not even read

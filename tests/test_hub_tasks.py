@@ -22,7 +22,8 @@ from picochat.calculator import calculate
 from picochat.chat import merge_system, render_conversation
 from picochat.common import UserError
 from picochat.data.download import FINEWEB_URL, on_hub_endpoint
-from picochat.data.hub import download_chat_data, download_dataset_file, hub_dir, hub_url
+from picochat.data.hub import download_dataset_file, hub_dir, hub_url
+from picochat.tasks.online import download_chat_data
 from picochat.tasks import gsm8k, mmlu_auxiliary, smoltalk
 from picochat.tasks.gsm8k import ANNOTATION, GSM8K, answer_parts
 from picochat.tasks.mmlu_auxiliary import MMLUAuxiliary

@@ -15,20 +15,17 @@ import fcntl
 import re
 import urllib.error
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from picochat.common import UserError, atomic_write_text, picochat_home
-from picochat.config import build, option
+from picochat.common import UserError, atomic_write_text
 from picochat.data.download import download_file, hub_endpoint
 from picochat.data.shards import file_sha256
 
-CHAT_DATASETS = ("smoltalk", "mmlu_auxiliary", "gsm8k")
 REPO = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name, as Hugging Face spells repos
 
 
@@ -66,37 +63,6 @@ def download_dataset_file(repo: str, path: str, directory: str | Path, revision:
             raise
         write_checksum(final, entry["sha256"])
     return final
-
-
-@dataclass
-class ChatDownloadConfig:
-    datasets: str = option(",".join(CHAT_DATASETS), "comma-separated datasets to fetch")
-    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
-
-
-def run(args) -> list[Path]:
-    """`picochat data download-chat`: mid-training and SFT then add these datasets to their mixture."""
-    config = build(ChatDownloadConfig, args)
-    names = tuple(name.strip() for name in config.datasets.split(",") if name.strip())
-    return download_chat_data(picochat_home(config.home or None), names)
-
-
-def download_chat_data(home: str | Path, names: tuple[str, ...] = CHAT_DATASETS,
-                       log: Callable[[str], None] = print) -> list[Path]:
-    """Fetch every file the chat tasks `names` read (SmolTalk, MMLU auxiliary-train, GSM8K train)."""
-    # The tasks import this module to fetch their files, so they are imported here, not at the top.
-    from picochat.tasks import gsm8k, mmlu_auxiliary, smoltalk
-    modules = {"smoltalk": smoltalk, "mmlu_auxiliary": mmlu_auxiliary, "gsm8k": gsm8k}
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise UserError(f"unknown chat dataset {unknown[0]!r}; choose from {', '.join(CHAT_DATASETS)}")
-    paths = []
-    for name in names:
-        module = modules[name]
-        for path in module.FILES.values():
-            paths.append(download_dataset_file(module.REPO, path, hub_dir(home)))
-            log(f"{name}: {module.REPO}/{path} ({paths[-1].stat().st_size / 1e6:.1f} MB) in {paths[-1]}")
-    return paths
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
