@@ -181,7 +181,11 @@ def plan_stage(directory: Path, inputs: dict) -> tuple[str, str]:
     good checkpoint of an unfinished run does; otherwise start (a stale or foreign run is set aside)."""
     done = directory / "done.json"
     if done.exists():
-        changed = changed_input(json.loads(done.read_text()).get("inputs", {}), inputs)
+        try:
+            recorded = json.loads(done.read_text())["inputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "start", f"{done} does not record what the stage was made from; training again"
+        changed = changed_input(recorded, inputs)
         if changed is None:
             return "done", f"already trained ({done})"
         return "start", f"stale: {INPUT_NAMES[changed]} changed since it was trained; training again"

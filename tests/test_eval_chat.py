@@ -148,3 +148,5 @@ def test_if_needed_skips_an_eval_of_the_same_checkpoint_and_settings(fresh_home,
     run(mid)  # mid trained again: another checkpoint
     assert ran({"max_problems": 3})
     assert ran({"max_problems": 3, "if_needed": False})  # without the flag it always runs
+    results.write_text("{")  # cut short by hand: made again
+    assert ran({"max_problems": 3})

@@ -669,6 +669,9 @@ def test_if_needed_skips_a_finished_stage_and_names_what_made_one_stale(home, co
     assert stale(base(3)).startswith("base: stale: the tokenizer changed")
     assert stale(mid).startswith("mid: stale: the tokenizer changed")
     assert list((home / "checkpoints" / "mid").glob("previous-*/done.json"))  # stale runs are set aside
+    done.write_text('{"step": 2')  # cut short by hand
+    assert run(mid).step == 2
+    assert f"mid: {done} does not record what the stage was made from; training again" in capsys.readouterr().out
     write_corpus(corpus_documents[:250], corpus_dir(home), shard_bytes=40_000, description={"source": "offline"})
     assert stale(base(3)).startswith("base: stale: the corpus changed")
 

@@ -27,5 +27,8 @@ def earlier_results(home: Path, kind: str, source: str, step: int, settings) -> 
     inputs = {"checkpoint": f"{path} {file_fingerprint(checkpoint_dir(home, stage) / 'done.json')}",
               "settings": asdict(settings)}
     results = home / "evals" / f"{stage}_{kind}.json"
-    earlier = json.loads(results.read_text()) if results.exists() else {}
-    return results, inputs, earlier if earlier.get("inputs") == inputs else None
+    try:
+        earlier = json.loads(results.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: this eval writes it anew
+        earlier = {}
+    return results, inputs, earlier if isinstance(earlier, dict) and earlier.get("inputs") == inputs else None
