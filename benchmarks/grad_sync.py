@@ -23,10 +23,13 @@ from pathlib import Path
 
 import torch
 
-from picochat.common import atomic_write_text, end_torchrun_worker, setup_runtime
+from picochat.common import atomic_write_text
+from picochat.runtime import end_torchrun_worker, setup_runtime
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import TrainConfig, prepare_model, train_step
+from picochat.runtime import prepare_model
+from picochat.step import train_step
+from picochat.data.loader import Batch
 
 MODES = ("after", "overlap")
 # The CPU default model until 2026-12-06 (depth 4, vocab 8192, 7.3 M params; the reference results are of it);
@@ -41,11 +44,12 @@ def worker(steps: int, out: Path) -> None:
     for mode in MODES:
         torch.manual_seed(0)
         model = GPT(GPTConfig(**SHAPE))
-        step_model = prepare_model(model, TrainConfig(compile=False, grad_sync=mode), runtime)
+        step_model = prepare_model(model, runtime, mode)
         optimizers = build_optimizers(model, OptimConfig(), torch.float32)
         generator = torch.Generator().manual_seed(runtime.rank)
-        batches = [(torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["sequence_len"]), generator=generator),) * 2
-                   for _ in range(MICRO_BATCHES)]
+        tokens = [torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["sequence_len"]), generator=generator)
+                  for _ in range(MICRO_BATCHES)]
+        batches = [Batch(ids, ids) for ids in tokens]
         times = []
         for step in range(WARMUP + steps):
             start = time.perf_counter()

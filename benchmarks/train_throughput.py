@@ -31,13 +31,16 @@ from pathlib import Path
 import torch
 
 from picochat.checkpoint import checkpoint_dir
-from picochat.common import DTYPES, Runtime, atomic_write_text, autodetect_dtype, cpu_supports_bf16, picochat_home
+from picochat.common import atomic_write_text, picochat_home
+from picochat.runtime import DTYPES, Runtime, autodetect_dtype, cpu_supports_bf16
 from picochat.loss import linear_cross_entropy
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.perf import CPU_SQUARE, measure_matmul_flops, mfu_warning, peak_flops, peak_rss_bytes
 from picochat.tokenizer_commands import TokenizerTrainConfig
-from picochat.train import TrainConfig, train_step
+from picochat.step import train_step
+from picochat.train import TrainConfig
+from picochat.data.loader import Batch
 
 # What to measure; edit freely. Dataclass fields with defaults are class attributes, so the cpu default
 # follows `picochat train`'s own defaults and the tokenizer's default vocab.
@@ -66,10 +69,10 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_throughput.js
 # ----------------------------------------------------------------------------------------------------------
 # Worker: one variant in this process
 
-def random_batches(spec: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def random_batches(spec: dict) -> list[Batch]:
     """grad_accum micro-batches of (inputs, targets), each (B, T) random token ids."""
     shape = (spec["device_batch_size"], spec["sequence_len"])
-    return [(torch.randint(spec["vocab_size"], shape), torch.randint(spec["vocab_size"], shape))
+    return [Batch(torch.randint(spec["vocab_size"], shape), torch.randint(spec["vocab_size"], shape))
             for _ in range(spec["grad_accum"])]
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, LoadConfig, Sampling
+from picochat.checkpoint import LoadConfig, open_engine
+from picochat.engine import Engine, Sampling
 
 HELP = "/clear starts a new conversation, /quit or Ctrl-D leaves, Ctrl-C stops an answer"
 
@@ -36,7 +37,7 @@ class ChatConfig:
 def run(args) -> None:
     config = build(ChatConfig, args)
     sampling = config.sampling()  # checks the sampling flags before loading anything
-    engine = Engine.load(build(LoadConfig, args), quiet=bool(config.prompt))
+    engine = open_engine(build(LoadConfig, args), quiet=bool(config.prompt))
     if config.prompt:
         answer(engine, [{"role": "user", "content": config.prompt}], sampling)
         return

@@ -20,12 +20,20 @@ import re
 import socket
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from picochat.common import Runtime, UserError, atomic_path, print0
+from picochat.common import UserError, atomic_path, picochat_home
+from picochat.config import flag_name, option
+from picochat.engine import Engine
+from picochat.model import GPT, GPTConfig
+from picochat.optim import OptimConfig
+from picochat.runtime import Runtime, inference_runtime, print0
+from picochat.stages import STAGES
+from picochat.tokenizer import META_FILE, Tokenizer, load_tokenizer, tokenizer_dir
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 REQUIRED_KEYS = ("model", "model_config", "train_state")
@@ -101,7 +109,8 @@ def resolve_resume(resume: str, directory: Path, device: torch.device | str = "c
 
 def make_payload(model, optimizers: list, loader_states: list[dict], train_state, configs: dict,
                  fingerprints: dict, stage: str, runtime: Runtime) -> dict:
-    """configs: {"config": TrainConfig, "optim_config": OptimConfig}, stored as plain dicts."""
+    """configs: {"config": TrainConfig, "optim_config": OptimConfig, and a stage's own "stage_config"}, stored
+    as plain dicts."""
     return {
         "model": model.state_dict(),
         "optimizers": [optimizer.state_dict() for optimizer in optimizers],
@@ -114,6 +123,34 @@ def make_payload(model, optimizers: list, loader_states: list[dict], train_state
         "fingerprints": fingerprints,
         "stage": stage,
     }
+
+
+def save_run(directory: Path, step: int, model, optimizers: list, loader, train_state, configs: dict,
+             fingerprints: dict, stage: str, keep_last: int, runtime: Runtime) -> None:
+    """Every rank's loader position and rank 0's copy of the rest, in one checkpoint. Every rank checks the
+    weights (they are identical), so all raise together instead of hanging in barrier()."""
+    loader_states = [None] * runtime.world_size
+    if runtime.distributed:
+        dist.all_gather_object(loader_states, loader.state_dict())
+    else:
+        loader_states = [loader.state_dict()]
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"weights are not finite at step {step}; not writing a checkpoint")
+    if runtime.is_main:
+        payload = make_payload(model, optimizers, loader_states, train_state, configs, fingerprints, stage, runtime)
+        save_checkpoint(directory, step, payload, keep_last)
+    if runtime.distributed:
+        dist.barrier()
+
+
+def continued_model_config(start: tuple[Path, dict], tokenizer, max_seq_len: int) -> GPTConfig:
+    """The shape of a model that goes on from a checkpoint (a later stage, or a resume). Its sequence length,
+    the context the engine and server allow, is the longest it has trained at: a stage with longer rows
+    raises it (the rotary table is computed, not learnt), one with shorter rows (RL's) keeps it."""
+    path, checkpoint = start
+    check_vocab(tokenizer, checkpoint, path)
+    longest = max(max_seq_len, checkpoint["model_config"]["sequence_len"])
+    return GPTConfig(**{**checkpoint["model_config"], "sequence_len": longest})
 
 
 def load_model_weights(model, checkpoint: dict) -> None:
@@ -159,11 +196,79 @@ def check_fingerprints(checkpoint: dict, current: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Resuming and starting: which settings a resumed run keeps, and where a run's weights come from
+
+# Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's, and
+# --if-needed trains a stage again when they change.
+FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
+                   "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
+                   *(f.name for f in fields(OptimConfig)))
+NOT_RESUMED = ("resume", "if_needed", "home", "stage")  # where the run lives, not how it runs
+
+
+def resumed_settings(given: dict, checkpoint: dict) -> dict:
+    """The settings a resumed run takes from its checkpoint, after checking the flags the user typed against
+    them: a flag may change how the run goes on (evals, saving), never what it computes (FIXED_ON_RESUME)."""
+    saved = {name: value for part in ("config", "optim_config", "stage_config") for name, value in
+             checkpoint.get(part, {}).items() if name not in NOT_RESUMED}
+    for name, value in given.items():
+        if name not in saved or value == saved[name]:
+            continue
+        if name in FIXED_ON_RESUME:
+            raise UserError(f"{flag_name(name)} {value} differs from the run being resumed ({saved[name]}); "
+                            "a resumed run keeps its data order and schedule: drop the flag, or start a new run "
+                            "without --resume")
+        print0(f"resume: {flag_name(name)} is now {value} (was {saved[name]})")
+    return saved
+
+
+def load_init(home: Path, stage) -> tuple[Path, dict] | None:
+    """The newest good checkpoint of the stage this one starts from (mid from base, SFT from mid)."""
+    if not stage.init_from:
+        return None
+    directory = checkpoint_dir(home, stage.init_from)
+    if not list_checkpoints(directory):
+        raise UserError(f"--stage {stage.name} starts from the newest {stage.init_from} checkpoint, and there is "
+                        f"none in {directory}; run `picochat train --stage {stage.init_from}` first")
+    return load_latest(directory, mmap=True)
+
+
+def start_from(stage, model, optimizers: list, runtime: Runtime, out_dir: Path, resume: tuple[Path, dict] | None,
+               init: tuple[Path, dict] | None) -> tuple[dict, dict | None]:
+    """Resume (everything), a later stage's start from an earlier stage (weights only), or a fresh start:
+    returns (train state dict, this rank's loader state), both empty for a fresh start. Every rank has read
+    its checkpoint before setup_runtime's rendezvous, so rank 0 may now move files."""
+    if resume is not None:
+        path, checkpoint = resume
+        print0(f"resuming from {path}")
+        if runtime.is_main:
+            set_aside_newer(out_dir, path)
+        return restore(checkpoint, model, optimizers, runtime)
+    if runtime.is_main:
+        set_aside_previous_run(out_dir)
+    if init is not None:
+        print0(f"starting from {stage.init_from} checkpoint {init[0]}")
+        load_model_weights(model, init[1])
+    return {}, None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Done, interrupted or stale: what `picochat train --if-needed` does with a stage directory
 
 # The inputs a stage is made from, as fingerprints: done.json and every checkpoint record them.
 INPUT_NAMES = {"corpus": "the corpus", "tokenizer": "the tokenizer",
                "previous": "the output of the step before it", "settings": "the settings"}
+
+
+def run_inputs(stage, config, tokenizer, settings: dict) -> dict:
+    """Fingerprints of what a run is made from: its data, its tokenizer, the record of the step before it
+    (the done.json of the stage it starts from; for base, tokenizer.json) and the settings a resume keeps."""
+    fixed = {name: value for name, value in settings.items() if name in FIXED_ON_RESUME}
+    previous = (checkpoint_dir(config.home_path, stage.init_from) / "done.json" if stage.init_from
+                else tokenizer_dir(config.home_path) / META_FILE)  # base comes after the tokenizer's training
+    return {"corpus": stage.data_fingerprint(config), "tokenizer": tokenizer.fingerprint(),
+            "previous": file_fingerprint(previous),
+            "settings": hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -271,3 +376,70 @@ def set_aside_newer(directory: Path, resumed_from: Path) -> None:
         return
     folder = set_aside(newer + [directory / "done.json"], directory, "abandoned")
     print0(f"resuming from an older checkpoint: moved {len(newer)} newer checkpoint(s) to {folder}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading a model to use it: chat, serve, the evals
+
+def find_checkpoint(home: Path, source: str = "", step: int = 0) -> tuple[str, Path, dict]:
+    """(stage, path, checkpoint) for --source (default: the latest stage that has a checkpoint) and --step
+    (default: the newest good one, falling back past corrupt files as training does). The file is memory-
+    mapped, so the optimizer state it also holds is never read into memory."""
+    stages = [source] if source else [s for s in reversed(STAGES) if list_checkpoints(checkpoint_dir(home, s))]
+    if not stages or not list_checkpoints(checkpoint_dir(home, stages[0])):
+        stage = source or "base"
+        raise UserError(f"no {stage} checkpoint in {checkpoint_dir(home, stage)}; create one with "
+                        f"`picochat train --stage {stage}`")
+    directory = checkpoint_dir(home, stages[0])
+    if step:
+        path = directory / f"step_{step:06d}.pt"
+        return stages[0], path, load_checkpoint(path, mmap=True)
+    path, checkpoint = load_latest(directory, mmap=True)
+    return stages[0], path, checkpoint
+
+
+def load_model(home: str | Path | None, source: str = "", step: int = 0,
+               device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """A stage's checkpoint as a model in eval mode, its tokenizer, and where it came from."""
+    home = picochat_home(home)
+    stage, path, checkpoint = find_checkpoint(home, source, step)
+    tokenizer = load_tokenizer(home)
+    check_vocab(tokenizer, checkpoint, path)
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    info = {"stage": stage, "path": str(path), "step": checkpoint["train_state"]["step"]}
+    return model, tokenizer, info
+
+
+@dataclass
+class LoadConfig:
+    """Which checkpoint to load and where to run it: the flags of every command that loads a model."""
+    source: str = option("auto", "which stage to load (auto: the latest that has a checkpoint)",
+                         choices=("auto", *STAGES))
+    step: int = option(0, "checkpoint step to load (0: the newest good one)")
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
+                        choices=("auto", "float32", "bfloat16"))
+    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
+
+    @property
+    def home_path(self) -> Path:
+        return picochat_home(self.home or None)
+
+
+def load_engine(home: str | Path | None = None, source: str = "", step: int = 0, runtime: Runtime | None = None,
+                quiet: bool = False) -> Engine:
+    """An Engine over a stage's checkpoint (default: the newest stage's newest good one)."""
+    model, tokenizer, info = load_model(home, source, step, runtime.device if runtime else "cpu")
+    if not quiet:
+        print0(f"loaded {info['stage']} step {info['step']} from {info['path']}")
+    engine = Engine(model, tokenizer, runtime)
+    engine.info = info
+    return engine
+
+
+def open_engine(config: LoadConfig, quiet: bool = False) -> Engine:
+    """The engine for a command's LoadConfig flags."""
+    source = "" if config.source == "auto" else config.source
+    return load_engine(config.home_path, source, config.step, inference_runtime(config.device, config.dtype), quiet)

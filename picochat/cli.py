@@ -15,9 +15,11 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Callable
 
 from picochat import config as cfg
-from picochat.common import UserError, end_torchrun_worker, fail
+from picochat.common import UserError, fail
+from picochat.runtime import end_torchrun_worker
 
 # (group, command) -> (module, config classes, run function, help). `train` has no sub-command.
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
@@ -31,7 +33,7 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
                              "train the BPE tokenizer on the corpus"),
     ("tokenizer", "eval"): ("picochat.tokenizer_commands", "TokenizerEvalConfig", "eval_command",
                             "compression (bytes/token) on the val shard, vs GPT-2/GPT-4 when available"),
-    ("train", None): ("picochat.train", "TrainConfig OptimConfig", "run",
+    ("train", None): ("picochat.train", "TrainConfig OptimConfig RLConfig", "run",
                       "train a model: --stage base (mid and sft follow)"),
     ("eval", "base"): ("picochat.evals.core", "BaseEvalConfig LoadConfig RerunConfig", "run",
                        "a base model's val bpb and CORE score (few-shot HellaSwag, PIQA, ARC, ...)"),
@@ -65,6 +67,19 @@ def _find_command(argv: list[str]) -> tuple[tuple[str, str | None], list[str]]:
     fail(f"unknown command {' '.join(argv[:2])!r}; choose one of: {', '.join(known)}")
 
 
+def command_parser(argv: list[str]) -> tuple[Callable, argparse.ArgumentParser, list[str], list[type]]:
+    """For argv: the command's run function, its flag parser, the arguments after the command's name, and
+    its config classes (scripts/check_commands.py checks a recipe's commands with the same parser)."""
+    key, rest = _find_command(argv)
+    module_name, class_names, function_name, help_text = COMMANDS[key]
+    module = importlib.import_module(module_name)
+    parser = OneLineErrorParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
+    configs = [getattr(module, name) for name in class_names.split()]  # a command may combine several parts
+    for config in configs:
+        cfg.add_arguments(parser, config)
+    return getattr(module, function_name), parser, rest, configs
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, except that a bad flag is one line naming it, not the whole usage block."""
 
@@ -92,15 +107,10 @@ def run_command(argv: list[str]) -> None:
     if argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help")):
         print(_usage(argv[0]))
         return
-    key, rest = _find_command(argv)
-    module_name, class_names, function_name, help_text = COMMANDS[key]
-    module = importlib.import_module(module_name)
-    parser = OneLineErrorParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
-    for class_name in class_names.split():  # a command may combine several config parts
-        cfg.add_arguments(parser, getattr(module, class_name))
+    command, parser, rest, _ = command_parser(argv)
     args = parser.parse_args(rest)
     try:
-        getattr(module, function_name)(args)
+        command(args)
     except UserError as error:  # anything else is a bug and keeps its traceback
         fail(str(error))
     except KeyboardInterrupt:

@@ -25,8 +25,8 @@ def option(default: Any, help: str, choices: tuple | None = None, const: Any = N
                                                         "short": short})
 
 
-def field_names(cls: type) -> set[str]:
-    return {field.name for field in dataclasses.fields(cls)}
+def field_names(cls: type | None) -> set[str]:
+    return {field.name for field in dataclasses.fields(cls)} if cls is not None else set()
 
 
 def flag_name(field_name: str) -> str:

@@ -7,7 +7,7 @@ Each row stops on its own (<|assistant_end|>, <|bos|> or max_tokens). When a row
 <|python_start|> expression <|python_end|>, the calculator (calculator.py) runs and the engine forces
 <|output_start|> result <|output_end|> into that row before it samples again.
 
-    engine = Engine.from_checkpoint(home)      # newest stage, newest good checkpoint
+    engine = load_engine(home)      # checkpoint.py: the newest stage's newest good checkpoint
     for delta in engine.stream({"messages": [{"role": "user", "content": "hi"}]}, Sampling(temperature=0)):
         print(delta, end="", flush=True)
 """
@@ -16,78 +16,58 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
-from picochat.checkpoint import check_vocab, checkpoint_dir, list_checkpoints, load_checkpoint, load_latest
-from picochat.common import Runtime, UserError, autodetect_device, picochat_home, print0, setup_runtime
-from picochat.config import option
-from picochat.model import GPT, GPTConfig, KVCache
-from picochat.tokenizer import Tokenizer, load_tokenizer
-
-STAGES_NEWEST_FIRST = ("rl", "sft", "mid", "base")
-
+from picochat.common import UserError
+from picochat.runtime import Runtime
+from picochat.model import GPT, GPTConfig
+from picochat.tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading
+# The KV cache
 
-def find_checkpoint(home: Path, source: str = "", step: int = 0) -> tuple[str, Path, dict]:
-    """(stage, path, checkpoint) for --source (default: the latest stage that has a checkpoint) and --step
-    (default: the newest good one, falling back past corrupt files as training does). The file is memory-
-    mapped, so the optimizer state it also holds is never read into memory."""
-    stages = [source] if source else [s for s in STAGES_NEWEST_FIRST if list_checkpoints(checkpoint_dir(home, s))]
-    if not stages or not list_checkpoints(checkpoint_dir(home, stages[0])):
-        stage = source or "base"
-        raise UserError(f"no {stage} checkpoint in {checkpoint_dir(home, stage)}; create one with "
-                        f"`picochat train --stage {stage}`")
-    directory = checkpoint_dir(home, stages[0])
-    if step:
-        path = directory / f"step_{step:06d}.pt"
-        return stages[0], path, load_checkpoint(path, mmap=True)
-    path, checkpoint = load_latest(directory, mmap=True)
-    return stages[0], path, checkpoint
+class KVCache:
+    """Keys and values of past positions for every layer, so generation feeds one new token at a time."""
 
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # tokens already cached
+        # (batch, max_len) True where a key is a real token; None when every row's tokens all are. Prompts
+        # of different lengths are left-padded into one batch, and no real token may attend to the padding.
+        self.valid: torch.Tensor | None = None
 
-def load_model(home: str | Path | None, source: str = "", step: int = 0,
-               device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """A stage's checkpoint as a model in eval mode, its tokenizer, and where it came from."""
-    home = picochat_home(home)
-    stage, path, checkpoint = find_checkpoint(home, source, step)
-    tokenizer = load_tokenizer(home)
-    check_vocab(tokenizer, checkpoint, path)
-    model = GPT(GPTConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    info = {"stage": stage, "path": str(path), "step": checkpoint["train_state"]["step"]}
-    return model, tokenizer, info
+    def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
+        end = self.pos + k.size(2)
+        if end > self.k.size(3):
+            raise UserError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if layer == self.k.size(0) - 1:
+            self.pos = end
+        return keys, values
 
+    def repeat_rows(self, n: int) -> None:
+        """Each row (a prefilled prompt) becomes n identical rows in a row, so n samples share one prefill."""
+        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+        if self.valid is not None:
+            self.valid = self.valid.repeat_interleave(n, dim=0)
 
-@dataclass
-class LoadConfig:
-    """Which checkpoint to load and where to run it: the flags of every command that loads a model."""
-    source: str = option("auto", "which stage to load (auto: the latest that has a checkpoint)",
-                         choices=("auto", "base", "mid", "sft", "rl"))
-    step: int = option(0, "checkpoint step to load (0: the newest good one)")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = option("auto", "compute dtype (auto: fp32 on a CPU, where decoding is memory-bound)",
-                        choices=("auto", "float32", "bfloat16"))
-    home: str = option("", "artifact root (default: $PICOCHAT_HOME or ~/.cache/picochat)")
-
-    @property
-    def home_path(self) -> Path:
-        return picochat_home(self.home or None)
-
-
-def inference_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """setup_runtime for generation: "auto" means fp32 on a CPU. Decoding reads every weight once per
-    token, and bf16 autocast casts every weight again each step: 426 tok/s against 715 in fp32 here
-    (benchmarks/inference.py)."""
-    on_cpu = (autodetect_device() if device == "auto" else device) == "cpu"
-    return setup_runtime(device, "float32" if dtype == "auto" and on_cpu else dtype)
+    def attention_mask(self, Tq: int, Tk: int) -> torch.Tensor | None:
+        """The mask for Tq new queries over Tk keys when rows hold padding, else None. A padding query
+        still sees itself, so its (unused) output stays finite instead of a softmax over nothing."""
+        if self.valid is None:
+            return None
+        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=self.valid.device).tril(diagonal=Tk - Tq)
+        own = causal & ~causal.tril(diagonal=Tk - Tq - 1)
+        return (causal & self.valid[:, None, None, :Tk]) | own
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -157,24 +137,6 @@ class Engine:
         self.stop_ids = {special("<|assistant_end|>"), tokenizer.bos_id}
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
-
-    @classmethod
-    def load(cls, config: LoadConfig, quiet: bool = False) -> "Engine":
-        """The engine for a command's LoadConfig flags."""
-        runtime = inference_runtime(config.device, config.dtype)
-        source = "" if config.source == "auto" else config.source
-        return cls.from_checkpoint(config.home_path, source, config.step, runtime, quiet)
-
-    @classmethod
-    def from_checkpoint(cls, home=None, source: str = "", step: int = 0, runtime: Runtime | None = None,
-                        quiet: bool = False) -> "Engine":
-        device = runtime.device if runtime else "cpu"
-        model, tokenizer, info = load_model(home, source, step, device)
-        if not quiet:
-            print0(f"loaded {info['stage']} step {info['step']} from {info['path']}")
-        engine = cls(model, tokenizer, runtime)
-        engine.info = info
-        return engine
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1,

@@ -2,7 +2,7 @@
 
 - rotary position embeddings, no learned positions; QK-norm; RMSNorm without learnable parameters
 - relu^2 MLP, no biases anywhere, untied token embedding and lm_head, tanh soft-cap on the logits
-- grouped-query attention (n_kv_head < n_head), and an optional KV cache for generation (the engine)
+- grouped-query attention (n_kv_head < n_head); generation passes the engine's KV cache through
 - with targets, forward() returns the loss from loss.py's fused lm_head + cross-entropy, so the full
   (tokens x vocab) logits never exist at once.
 
@@ -69,46 +69,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-class KVCache:
-    """Keys and values of past positions for every layer, so generation feeds one new token at a time."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # tokens already cached
-        # (batch, max_len) True where a key is a real token; None when every row's tokens all are. Prompts
-        # of different lengths are left-padded into one batch, and no real token may attend to the padding.
-        self.valid: torch.Tensor | None = None
-
-    def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
-        end = self.pos + k.size(2)
-        if end > self.k.size(3):
-            raise UserError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-        if layer == self.k.size(0) - 1:
-            self.pos = end
-        return keys, values
-
-    def repeat_rows(self, n: int) -> None:
-        """Each row (a prefilled prompt) becomes n identical rows in a row, so n samples share one prefill."""
-        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
-        if self.valid is not None:
-            self.valid = self.valid.repeat_interleave(n, dim=0)
-
-    def attention_mask(self, Tq: int, Tk: int) -> torch.Tensor | None:
-        """The mask for Tq new queries over Tk keys when rows hold padding, else None. A padding query
-        still sees itself, so its (unused) output stays finite instead of a softmax over nothing."""
-        if self.valid is None:
-            return None
-        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=self.valid.device).tril(diagonal=Tk - Tq)
-        own = causal & ~causal.tril(diagonal=Tk - Tq - 1)
-        return (causal & self.valid[:, None, None, :Tk]) | own
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
@@ -118,23 +78,28 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos_sin: tuple, kv_cache=None) -> torch.Tensor:
+        """x: (B, T, C). kv_cache: the engine's KVCache while generating, else None."""
         B, T, C = x.size()
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = norm(apply_rotary(q, *cos_sin)), norm(apply_rotary(k, *cos_sin))  # QK-norm
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)     # (B, T, H, D)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, D): GQA shares each kv head
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, D)
+        q, k = norm(apply_rotary(q, *cos_sin)), norm(apply_rotary(k, *cos_sin))  # rotate, then QK-norm
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)        # (B, H or Hkv, T, D)
         if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer, k, v)
+            k, v = kv_cache.insert(self.layer, k, v)  # (B, Hkv, Tk, D): the cached past, then these T
         Tq, Tk = q.size(2), k.size(2)
-        mask = kv_cache.attention_mask(Tq, Tk) if kv_cache is not None else None
-        if mask is None and Tq != Tk and Tq > 1:  # new tokens after a cached prefix: the prefix + a causal block
-            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        # Training and a first prefill (Tq == Tk) are plain causal: SDPA's is_causal, no mask tensor. Rows
+        # left-padded to one length bring their own mask (KVCache.attention_mask). New tokens after a cached
+        # prefix (Tq < Tk) see all of it, and each other causally: is_causal would align the triangle to the
+        # top-left, hiding the prefix, so that mask is built here. One new token (Tq == 1) sees everything.
+        mask = kv_cache.attention_mask(Tq, Tk) if kv_cache is not None else None      # (B, 1, Tq, Tk) or None
+        if mask is None and Tq != Tk and Tq > 1:
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
         causal = mask is None and Tq == Tk and Tq > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           enable_gqa=self.n_head != self.n_kv_head)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+                                           enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, D)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))                      # heads side by side: (B, T, C)
 
 
 class MLP(nn.Module):
@@ -183,7 +148,7 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
 
-    def trunk(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def trunk(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, C) final hidden states."""
         start = kv_cache.pos if kv_cache is not None else 0
         T = idx.size(1)
@@ -195,7 +160,7 @@ class GPT(nn.Module):
             x = block(x, cos_sin, kv_cache)
         return norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
                 reduction: str = "sum", token_weights: torch.Tensor | None = None) -> torch.Tensor:
         """With targets: the loss (sum over unmasked tokens, each times its token_weights if given, or per
         token with reduction='none').
@@ -206,7 +171,7 @@ class GPT(nn.Module):
         return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction,
                                     token_weights=token_weights)
 
-    def next_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def next_logits(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
         """(B, T) ids -> (B, vocab) logits of the last position only: all that generation needs, and the
         vocab-sized matmul of a prompt's other positions is most of a small model's prefill."""
         return self.capped_logits(self.trunk(idx, kv_cache)[:, -1])

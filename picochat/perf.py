@@ -13,8 +13,9 @@ from time import perf_counter
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
-from picochat.common import cpu_supports_bf16
+from picochat.runtime import cpu_supports_bf16, print0
 
 # Dense (no sparsity) peak FLOP/s per GPU, from vendor datasheets.
 GPU_PEAK_FLOPS = {
@@ -119,3 +120,28 @@ def peak_rss_bytes() -> int:
         pass  # no /proc: not Linux
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def step_work(stats: dict, tokens_per_step: int, flops_per_token: float, runtime) -> tuple[int, float]:
+    """(tokens, FLOPs) of the step just taken, over all ranks: the batch shape's, or what a sampling loader's
+    stats say it ran (RL: rollout_tokens sampled, update_tokens trained). A sampled token is one forward pass,
+    a third of a trained token's FLOPs; an update runs its non-padding tokens."""
+    if "rollout_tokens" not in stats:
+        return tokens_per_step, flops_per_token * tokens_per_step
+    counts = torch.tensor([stats["rollout_tokens"], stats["update_tokens"]], dtype=torch.float64,
+                          device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(counts)  # each rank sampled answers of its own lengths
+    sampled, updated = counts.tolist()
+    return round(sampled + updated), flops_per_token * (sampled / 3 + updated)
+
+
+def recheck_peak(start_peak: float, max_mfu: float, runtime) -> None:
+    """At the end of a run: measure the peak again (a busy machine at start-up lowers it) and warn when the
+    MFU says the yardstick was wrong."""
+    end_peak, _ = peak_flops(runtime.device, runtime.dtype)
+    print0(f"peak {runtime.dtype} matmul: {start_peak / 1e9:,.0f} GFLOP/s at start-up, "
+           f"{end_peak / 1e9:,.0f} at the end")
+    warning = mfu_warning(max_mfu, runtime.device.type)
+    if warning:
+        print0(f"warning: {warning}")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from picochat.common import Runtime, UserError, atomic_write_text, print0
+from picochat.common import UserError, atomic_write_text
+from picochat.config import describe
+from picochat.perf import peak_rss_bytes
+from picochat.runtime import Runtime, print0
 
 
 class MetricsLog:
@@ -132,3 +135,31 @@ class StopSignal:
     def restore(self) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+def print_setup(config, optim_config, stage, runtime: Runtime, model, grad_accum: int, tokens_per_step: int) -> None:
+    """The run's settings, model and batch, at the top of its log."""
+    c = model.config
+    settings = [describe(part) for part in (config, optim_config, stage.settings) if part is not None]
+    print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)")
+    print0("\n".join(settings))
+    print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv); "
+           f"{model.num_params()['total']:,} params, {model.flops_per_token(config.max_seq_len):.3g} FLOPs/token")
+    if stage.name == "rl":  # its rows are as long as each prompt and answer: tokens are counted as they run
+        print0(f"batch: {config.device_batch_size} problems x {stage.settings.rl_samples} samples per process and "
+               f"step, x {runtime.world_size} process(es)")
+    else:
+        print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} "
+               f"x {config.max_seq_len} x {runtime.world_size} process(es)")
+
+
+def step_record(state, loss: float, lr: float, seconds: float, tokens: int, flops: float, peak_flops: float,
+                runtime: Runtime, done: float) -> dict:
+    """A step's metrics record. tokens and FLOPs are the step's over all ranks (perf.step_work); done is the
+    fraction of the run behind us, for the ETA."""
+    mfu = flops / seconds / runtime.world_size / peak_flops
+    eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
+    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens / seconds),
+            "mfu": round(mfu, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
+            "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
+

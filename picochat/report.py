@@ -25,8 +25,8 @@ import torch
 from picochat.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint
 from picochat.common import UserError, atomic_path, atomic_write_text, picochat_home
 from picochat.config import build, option, require_at_least
+from picochat.stages import STAGES
 
-STAGES = ("base", "mid", "sft", "rl")
 COLORS = {"base": "tab:blue", "mid": "tab:orange", "sft": "tab:green", "rl": "tab:red"}
 # evals/<stage>_<kind>.json -> (label in the table, key of its summary score, the score's name)
 EVAL_KINDS = {"core": ("CORE", "core", "CORE"), "chat": ("chat", "chatcore", "ChatCORE")}

@@ -23,18 +23,32 @@ nothing here.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from picochat.common import IGNORE_INDEX
+from picochat.config import option, require_at_least
+from picochat.data.loader import Batch
 from picochat.engine import Engine, Sampling
 from picochat.tasks import Task
 
 SAMPLING = dict(temperature=1.0, top_k=50)
 
 
+@dataclass
+class RLConfig:
+    """RL's own settings: flags of `picochat train`, used by --stage rl only (stages.rl_stage)."""
+    rl_samples: int = option(4, "RL: answers sampled per problem (the group of GRPO's baseline; also k of pass@k)")
+    rl_max_tokens: int = option(128, "RL: longest sampled answer, in tokens")
+    rl_eval_problems: int = option(64, "RL: eval problems per task for pass@1 and pass@k at each evaluation")
+
+    def __post_init__(self):
+        require_at_least(self, 1, ("rl_samples", "rl_max_tokens", "rl_eval_problems"))
+
+
 class RolloutBatches:
-    """Iterator of (inputs, targets, token weights) batches sampled from the model; state_dict() resumes."""
+    """Iterator of Batches (with token weights) sampled from the model; state_dict() resumes."""
 
     def __init__(self, engine: Engine, tasks: list[Task], problems_per_batch: int, samples: int, max_tokens: int,
                  *, rank: int = 0, world_size: int = 1, seed: int = 0, state: dict | None = None):
@@ -60,7 +74,7 @@ class RolloutBatches:
             chosen.append((task, task[index], task.prompt(index)))
         return chosen
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __next__(self) -> Batch:
         problems = self.problems(self.position)
         prompts = [self.engine.prompt_ids(prompt) for _, _, prompt in problems]
         seed = (self.seed * 1_000_003 + self.position) * 1_009 + self.rank  # the same batch on a resumed run
@@ -74,13 +88,20 @@ class RolloutBatches:
         rows = [(prompts[r // self.samples], answer["tokens"], answer["forced"], advantage)
                 for r, (answer, advantage) in enumerate(zip(answers, advantages))]
         self.position += 1
-        self.last_stats = self.stats(rewards, answers, sample_seconds)
+        self.last_stats = self.rollout_stats(rewards, answers, sample_seconds)
         # What the update's forward and backward really run over: each row without its right padding.
         self.last_stats["update_tokens"] = sum(len(prompt) + len(tokens) - 1 for prompt, tokens, _, _ in rows)
         return self.batch(rows)
 
-    def stats(self, rewards: list[float], answers: list[dict], sample_seconds: float) -> dict:
-        """What the step's metrics record shows of this rank's rollout."""
+    def stats(self, step_seconds: float) -> dict:
+        """What the step's metrics record shows of this rank's last rollout, and the update's share of the step
+        (the rest of step_seconds)."""
+        update_seconds = step_seconds - self.last_stats["sample_seconds"]
+        return {**self.last_stats, "update_seconds": round(update_seconds, 3),
+                "update_tok_per_s": round(self.last_stats["update_tokens"] / max(update_seconds, 1e-6))}
+
+    def rollout_stats(self, rewards: list[float], answers: list[dict], sample_seconds: float) -> dict:
+        """The rollout half of stats(): rewards, pass@k, lengths and sampling speed."""
         sampled = sum(len(answer["tokens"]) for answer in answers)  # tool output too: each ran a decode step
         groups = [rewards[start:start + self.samples] for start in range(0, len(rewards), self.samples)]
         return {"reward": round(sum(rewards) / len(rewards), 4),
@@ -88,8 +109,8 @@ class RolloutBatches:
                 "completion_tokens": round(sampled / len(answers), 1), "rollout_tokens": sampled,
                 "sample_tok_per_s": round(sampled / sample_seconds), "sample_seconds": round(sample_seconds, 3)}
 
-    def batch(self, rows: list[tuple[list[int], list[int], list[bool], float]]):
-        """Right-padded (inputs, targets, weights), each (rows, width), of rows (prompt, tokens, forced,
+    def batch(self, rows: list[tuple[list[int], list[int], list[bool], float]]) -> Batch:
+        """A right-padded Batch (inputs, targets, weights), each (rows, width), of rows (prompt, tokens, forced,
         advantage): targets are the tokens the policy sampled, weighted by advantage. The tokens the engine
         forced (the calculator's output) are not; an <|output_start|> the policy sampled itself is."""
         sequences = [prompt + tokens for prompt, tokens, _, _ in rows]
@@ -104,7 +125,7 @@ class RolloutBatches:
                     targets[row, len(prompt) - 1 + offset] = token
                     weights[row, len(prompt) - 1 + offset] = advantage
         device = self.engine.runtime.device
-        return inputs.to(device), targets.to(device), weights.to(device)
+        return Batch(inputs.to(device), targets.to(device), weights.to(device))
 
 
 def group_advantages(rewards: list[float], group: int) -> list[float]:

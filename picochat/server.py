@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from picochat.common import UserError
 from picochat.config import build, option
-from picochat.engine import Engine, LoadConfig, Sampling, TextStream
+from picochat.checkpoint import LoadConfig, open_engine
+from picochat.engine import Engine, Sampling, TextStream
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 MAX_MESSAGES = 64
@@ -63,7 +64,7 @@ def run(args) -> None:
 
     config = build(ServeConfig, args)
     check_port_free(config.host, config.port)  # before the model loads: a taken port is a one-line error
-    engine = Engine.load(build(LoadConfig, args))
+    engine = open_engine(build(LoadConfig, args))
     app = create_app(engine, config)
     print(f"picochat serve: http://{config.host}:{config.port} (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -12,12 +12,14 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from picochat.common import UserError
 from picochat.data.conversations import ConversationLoader
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, corpus_fingerprint, split_shards
 from picochat.optim import lr_multiplier
-from picochat.rl import RolloutBatches, pass_at_k
+from picochat.rl import RLConfig, RolloutBatches, pass_at_k
 from picochat.engine import Engine
+from picochat.evals.bpb import evaluate_bpb
 from picochat.tasks import Task
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.chatterbot import ChatterBot
@@ -47,6 +49,7 @@ class Stage:
     preset: dict = field(default_factory=dict)  # flag defaults for this stage, under the user's flags
     # (model, tokenizer, config, runtime) -> more metrics for each evaluation (RL's pass@k), or None
     extra_eval: Callable[..., dict] | None = None
+    settings: object | None = None     # the stage's own config dataclass, if it has one (RL's RLConfig)
 
 
 def warmup_constant_warmdown(progress: float, optim) -> float:
@@ -141,12 +144,13 @@ def rl_problems(config, split: str) -> list[Task]:
     return tasks + downloaded_tasks(home, split, names=("gsm8k",))
 
 
-def rl_stage() -> Stage:
+def rl_stage(settings: RLConfig | None = None) -> Stage:
     """RL on verifiable rewards, starting from SFT (see rl.py). LRs 1/20 of SFT's, decaying to 0."""
+    rl = settings or RLConfig()
 
     def train_batches(tokenizer, config, runtime, state, model):
         return RolloutBatches(Engine(model, tokenizer, runtime), rl_problems(config, "train"), config.device_batch_size,
-                              config.rl_samples, config.rl_max_tokens, rank=runtime.rank,
+                              rl.rl_samples, rl.rl_max_tokens, rank=runtime.rank,
                               world_size=runtime.world_size, seed=config.seed, state=state)
 
     def val_batches(tokenizer, config, runtime):
@@ -161,14 +165,28 @@ def rl_stage() -> Stage:
     def extra_eval(model, tokenizer, config, runtime):
         engine = Engine(model, tokenizer, runtime)
         return {key: value for task in rl_problems(config, "eval")
-                for key, value in pass_at_k(engine, task, config.rl_eval_problems, config.rl_samples,
-                                            config.rl_max_tokens, seed=config.seed).items()}
+                for key, value in pass_at_k(engine, task, rl.rl_eval_problems, rl.rl_samples,
+                                            rl.rl_max_tokens, seed=config.seed).items()}
 
     # Eager: every rollout batch has another length, which would make torch.compile compile again and again.
     preset = {"device_batch_size": 8, "matrix_lr": 0.001, "embedding_lr": 0.01, "unembedding_lr": 0.0002,
               "warmdown_ratio": 1.0, "eval_every": 25, "compile": False}
     return Stage("rl", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint, init_from="sft",
-                 preset=preset, extra_eval=extra_eval)
+                 preset=preset, extra_eval=extra_eval, settings=rl)
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage, "rl": rl_stage}
+
+
+def make_stage(name: str, settings=None) -> Stage:
+    """The stage called `name`, holding its own settings where it has any (RL's RLConfig)."""
+    if name not in STAGES:
+        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {name!r}")
+    return STAGES[name]() if settings is None else STAGES[name](settings)
+
+
+def pretraining_val_bpb(model, tokenizer, config, runtime) -> float:
+    """Val bpb on the pretraining corpus's val shard, measured as base measures it: one yardstick for every
+    stage. Every rank takes part."""
+    batches = base_stage().val_batches(tokenizer, config, runtime)
+    return evaluate_bpb(model, batches, tokenizer.token_bytes(), config.eval_tokens, runtime)

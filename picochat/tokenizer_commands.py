@@ -18,7 +18,7 @@ import tiktoken
 
 from picochat.common import UserError, atomic_write_text, picochat_home
 from picochat.config import build, option
-from picochat.data.download import url_reachable
+from picochat.data.fetch import url_reachable
 from picochat.data.shards import corpus_dir, iter_texts, split_shards
 from picochat.tokenizer import SPECIAL_TOKENS, Tokenizer, load_tokenizer, tokenizer_dir
 
@@ -53,7 +53,7 @@ def train_command(args) -> Tokenizer:
     tokenizer = Tokenizer.train(texts, config.vocab_size)
     seconds = time.perf_counter() - start
     # When it was trained makes each training's tokenizer.json another file: base, which records that file
-    # as what it was made after (train.run_inputs), trains again after any tokenizer training.
+    # as what it was made after (checkpoint.run_inputs), trains again after any tokenizer training.
     tokenizer.save(tokenizer_dir(home), train_seconds=round(seconds, 2),
                    trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     print(f"tokenizer: vocab {tokenizer.vocab_size:,} trained in {seconds:.1f}s -> {tokenizer_dir(home)}")

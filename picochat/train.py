@@ -9,32 +9,28 @@ runs the same step on its own batches and the gradients are summed over ranks be
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from picochat.checkpoint import (StageLock, check_fingerprints, check_vocab, checkpoint_dir, file_fingerprint,
-                                 list_checkpoints, load_latest, load_model_weights, make_payload, plan_stage,
-                                 resolve_resume, restore, save_checkpoint, set_aside_newer, set_aside_previous_run)
-from picochat.common import (Runtime, UserError, atomic_write_text, launch_rank, picochat_home, print0,
-                             setup_runtime, teardown_runtime)
-from picochat.config import build, describe, field_names, flag_name, option, require_at_least
-from picochat.evals.bpb import evaluate_bpb
-from picochat.loss import valid_targets
+from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, continued_model_config, load_init,
+                                 plan_stage, resolve_resume, resumed_settings, run_inputs, save_run, start_from)
+from picochat.common import UserError, atomic_write_text, picochat_home
+from picochat.config import build, field_names, option, require_at_least
+from picochat.evals.bpb import check_val_batches, evaluate_bpb
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers, set_lr
-from picochat.perf import mfu_warning, peak_flops, peak_rss_bytes
-from picochat.progress import MetricsLog, Progress, StopSignal
-from picochat.stages import STAGES, Stage, base_stage
-from picochat.tokenizer import META_FILE, load_tokenizer, tokenizer_dir
+from picochat.perf import peak_flops, recheck_peak, step_work
+from picochat.progress import MetricsLog, Progress, StopSignal, print_setup, step_record
+from picochat.rl import RLConfig  # noqa: F401 (RL's flags are `picochat train` flags: cli.COMMANDS)
+from picochat.runtime import Runtime, agree, launch_rank, prepare_model, print0, setup_runtime, teardown_runtime
+from picochat.stages import STAGES, Stage, make_stage, pretraining_val_bpb
+from picochat.step import train_step
+from picochat.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -67,9 +63,6 @@ class TrainConfig:
     dtype: str = option("auto", "compute dtype (auto: bf16 where the hardware has it)",
                         choices=("auto", "float32", "bfloat16"))
     compile: bool = option(True, "torch.compile the model (falls back to eager where it fails)")
-    rl_samples: int = option(4, "RL: answers sampled per problem (the group of GRPO's baseline; also k of pass@k)")
-    rl_max_tokens: int = option(128, "RL: longest sampled answer, in tokens")
-    rl_eval_problems: int = option(64, "RL: eval problems per task for pass@1 and pass@k at each evaluation")
     grad_sync: str = option("overlap", "how gradients are summed over processes: overlap (DDP's bucketed "
                             "all-reduces during the last backward) or after (one all-reduce per parameter "
                             "after it)", choices=("overlap", "after"))
@@ -120,18 +113,20 @@ class NonFiniteLoss(UserError):
 def run(args) -> TrainState:
     """`picochat train`: resolve the settings (a resumed run keeps its own), own the stage directory, train."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)  # only flags the user typed
-    stage = make_stage(given.get("stage", "base"))
-    out_dir = checkpoint_dir(picochat_home(given.get("home") or None), stage.name)
-    config, optim_config = resolve_configs(stage, given, None)  # a bad flag fails here, before the disk
+    stage_name = given.get("stage", "base")
+    config, optim_config, stage = resolve_configs(stage_name, given, None)  # a bad flag fails here, before the disk
+    out_dir = checkpoint_dir(config.home_path, stage.name)
     with StageLock(out_dir, enabled=launch_rank() == 0):  # rank 0 owns the directory for the whole job
         if config.if_needed:
-            action, why = plan_stage(out_dir, run_inputs(config, optim_config, stage, load_tokenizer(config.home_path)))
+            settings = settings_of(config, optim_config, stage)
+            action, why = plan_stage(out_dir, run_inputs(stage, config, load_tokenizer(config.home_path), settings))
             print0(f"{stage.name}: {why}")
             if action == "done":
-                return finished_state(out_dir)
+                done = json.loads((out_dir / "done.json").read_text())
+                return TrainState(**{name: done[name] for name in field_names(TrainState) if name in done})
             given = {**given, "if_needed": False, "resume": "latest" if action == "resume" else ""}
         resume = resolve_resume(given["resume"], out_dir) if given.get("resume") else None
-        config, optim_config = resolve_configs(stage, given, resume[1] if resume else None)
+        config, optim_config, stage = resolve_configs(stage_name, given, resume[1] if resume else None)
         runtime = setup_runtime(config.device, config.dtype)
         try:
             return train(config, optim_config, stage, runtime, resume)
@@ -139,61 +134,23 @@ def run(args) -> TrainState:
             teardown_runtime(runtime)
 
 
-def run_inputs(config: TrainConfig, optim_config: OptimConfig, stage: Stage, tokenizer) -> dict:
-    """Fingerprints of what a run is made from (checkpoint.INPUT_NAMES): its data, its tokenizer, the record
-    of the step before it (the done.json of the stage it starts from; for base, tokenizer.json) and the
-    settings a resume keeps. --if-needed compares them."""
-    settings = {name: value for name, value in {**asdict(config), **asdict(optim_config)}.items()
-                if name in FIXED_ON_RESUME}
-    previous = (checkpoint_dir(config.home_path, stage.init_from) / "done.json" if stage.init_from
-                else tokenizer_dir(config.home_path) / META_FILE)  # base comes after the tokenizer's training
-    return {"corpus": stage.data_fingerprint(config), "tokenizer": tokenizer.fingerprint(),
-            "previous": file_fingerprint(previous),
-            "settings": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
-
-
-def finished_state(out_dir: Path) -> TrainState:
-    done = json.loads((out_dir / "done.json").read_text())
-    return TrainState(**{name: done[name] for name in field_names(TrainState) if name in done})
-
-
-def make_stage(name: str) -> Stage:
-    if name not in STAGES:
-        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {name!r}")
-    stage = STAGES[name]()
-    unknown = set(stage.preset) - field_names(TrainConfig) - field_names(OptimConfig)
+def resolve_configs(stage_name: str, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, OptimConfig, Stage]:
+    """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed. The stage
+    comes back holding its own settings, where it has any (RL's RLConfig)."""
+    stage = make_stage(stage_name)
+    own_class = type(stage.settings) if stage.settings is not None else None
+    unknown = set(stage.preset) - field_names(TrainConfig) - field_names(OptimConfig) - field_names(own_class)
     if unknown:  # a typo in a preset would otherwise be dropped without a word
-        raise ValueError(f"stage {name!r} presets unknown setting(s): {', '.join(sorted(unknown))}")
-    return stage
+        raise ValueError(f"stage {stage_name!r} presets unknown setting(s): {', '.join(sorted(unknown))}")
+    preset = {**stage.preset, **(resumed_settings(given, checkpoint) if checkpoint is not None else {})}
+    own = build(own_class, given, preset) if own_class else None
+    return build(TrainConfig, given, preset), build(OptimConfig, given, preset), make_stage(stage_name, own)
 
 
-# Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's.
-FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
-                   "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
-                   *(f.name for f in fields(OptimConfig)))
-NOT_RESUMED = ("resume", "if_needed", "home", "stage")  # where the run lives, not how it runs
-
-
-def resolve_configs(stage: Stage, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, OptimConfig]:
-    """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed."""
-    preset = dict(stage.preset)
-    if checkpoint is not None:
-        saved = {k: v for k, v in {**checkpoint.get("config", {}), **checkpoint.get("optim_config", {})}.items()
-                 if k not in NOT_RESUMED}
-        check_resume_flags(given, saved)
-        preset.update(saved)
-    return build(TrainConfig, given, preset), build(OptimConfig, given, preset)
-
-
-def check_resume_flags(given: dict, saved: dict) -> None:
-    for name, value in given.items():
-        if name not in saved or value == saved[name]:
-            continue
-        if name in FIXED_ON_RESUME:
-            raise UserError(f"{flag_name(name)} {value} differs from the run being resumed ({saved[name]}); "
-                            "a resumed run keeps its data order and schedule: drop the flag, or start a new run "
-                            "without --resume")
-        print0(f"resume: {flag_name(name)} is now {value} (was {saved[name]})")
+def settings_of(config: TrainConfig, optim_config: OptimConfig, stage: Stage) -> dict:
+    """Every setting of the run by name: what checkpoints, done.json's fingerprint and W&B record."""
+    own = asdict(stage.settings) if stage.settings is not None else {}
+    return {**asdict(config), **asdict(optim_config), **own}
 
 
 def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime,
@@ -201,26 +158,29 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     out_dir = checkpoint_dir(config.home_path, stage.name)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.home_path)
-    fingerprints = run_inputs(config, optim_config, stage, tokenizer)
+    fingerprints = run_inputs(stage, config, tokenizer, settings_of(config, optim_config, stage))
     if resume is not None:
         check_fingerprints(resume[1], {name: fingerprints[name] for name in ("corpus", "tokenizer")})
-    check_val_split(stage, tokenizer, config, runtime)
-    init = None if resume else load_init(config, stage)
-    model_config = model_shape(config, tokenizer, resume or init)
+    batch_shape = (config.device_batch_size, config.max_seq_len)
+    check_val_batches(stage.val_batches(tokenizer, config, runtime), runtime, batch_shape)
+    init = None if resume else load_init(config.home_path, stage)
+    model_config = (continued_model_config(resume or init, tokenizer, config.max_seq_len) if resume or init else
+                    GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
+                                         config.kv_head_ratio))
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)
-    state, loader_state = start_state(stage, model, optimizers, runtime, out_dir, resume, init)
+    state, loader_state = start_from(stage, model, optimizers, runtime, out_dir, resume, init)
     train_loader = stage.train_batches(tokenizer, config, runtime, loader_state, model)
     tokens_per_step = config.device_batch_size * config.max_seq_len * runtime.world_size * grad_accum
     print_setup(config, optim_config, stage, runtime, model, grad_accum, tokens_per_step)
-    step_model = prepare_model(model, config, runtime)
+    step_model = prepare_model(model, runtime, config.grad_sync, batch_shape if config.compile else None)
     peak = peak_flops(runtime.device, runtime.dtype)
     print0(f"peak {runtime.dtype} matmul: {peak[0] / 1e9:,.0f} GFLOP/s ({peak[1]})")
     context = LoopContext(config, optim_config, stage, runtime, model, step_model, optimizers, train_loader,
                           tokenizer, out_dir, grad_accum, tokens_per_step,
                           plan_iterations(config, model, tokens_per_step), peak[0], fingerprints)
-    return training_loop(context, state)
+    return training_loop(context, TrainState(**state))
 
 
 @dataclass
@@ -248,7 +208,7 @@ class LoopContext:
 
 def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
     config, runtime = ctx.config, ctx.runtime
-    wandb_config = {"run_name": f"{ctx.stage.name}-d{config.depth}", **asdict(config), **asdict(ctx.optim_config)}
+    wandb_config = {"run_name": f"{ctx.stage.name}-d{config.depth}", **settings_of(config, ctx.optim_config, ctx.stage)}
     metrics = MetricsLog(ctx.out_dir / "metrics.jsonl", runtime, state.step, wandb_config if config.wandb else None)
     stop = StopSignal()
     bar = Progress(ctx.num_iterations or None, state.step, enabled=runtime.is_main)
@@ -263,12 +223,14 @@ def training_loop(ctx: LoopContext, state: TrainState) -> TrainState:
             loss = train_step(ctx.step_model, ctx.model, ctx.optimizers, batches, runtime,
                               update_if=lambda loss: check_loss(loss, state, config))
             seconds, stop_requested = agree(time.perf_counter() - start, stop.requested, runtime)
-            tokens, flops = step_work(ctx)
+            stats = ctx.train_loader.stats(seconds)
+            flops_per_token = ctx.model.flops_per_token(config.max_seq_len)
+            tokens, flops = step_work(stats, ctx.tokens_per_step, flops_per_token, runtime)
             state.step += 1
             state.tokens += tokens
             state.train_seconds += seconds
-            metrics.log({**step_metrics(ctx, state, loss, lr, seconds, tokens, flops),
-                         **loader_stats(ctx.train_loader, seconds)})
+            record = step_record(state, loss, lr, seconds, tokens, flops, ctx.peak_flops, runtime, progress(ctx, state))
+            metrics.log({**record, **stats})
             bar.update(state.step, metrics.summary())
             if stop_requested:
                 save(ctx, state)
@@ -296,68 +258,7 @@ def finish(ctx: LoopContext, state: TrainState, metrics: MetricsLog) -> None:
     print0(f"done: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds / 60:.1f} min, "
            f"val bpb {state.val_bpb:.4f}, pretraining val bpb {state.pretrain_val_bpb:.4f}; "
            f"checkpoint in {ctx.out_dir}")
-    end_peak, _ = peak_flops(ctx.runtime.device, ctx.runtime.dtype)
-    print0(f"peak {ctx.runtime.dtype} matmul: {ctx.peak_flops / 1e9:,.0f} GFLOP/s at start-up, "
-           f"{end_peak / 1e9:,.0f} at the end")
-    warning = mfu_warning(metrics.max_mfu, ctx.runtime.device.type)
-    if warning:
-        print0(f"warning: {warning}")
-
-
-def train_step(step_model: torch.nn.Module, model: GPT, optimizers: list, batches: list, runtime: Runtime,
-               update_if=lambda loss: True) -> float:
-    """One optimizer step over `batches` (the micro-batches of this rank); returns the step's mean loss.
-    update_if(loss) may veto the update (a non-finite loss); the gradients are cleared either way."""
-    loss = forward_backward(step_model, batches, runtime)
-    sum_gradients(step_model, model, runtime)
-    update = update_if(loss)
-    for optimizer in optimizers:
-        if update:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss
-
-
-def forward_backward(step_model: torch.nn.Module, batches: list, runtime: Runtime) -> float:
-    """Accumulate gradients of sum(token losses) / (unmasked targets over all micro-batches and ranks); a
-    batch of (inputs, targets, token_weights) weighs each token's loss (RL's advantages).
-
-    Counting first means an all-masked micro-batch adds exactly 0 to loss and gradients, never NaN.
-    Under DDP only the last micro-batch's backward syncs, and since DDP averages over ranks where we want
-    the sum, each rank's loss is scaled by world_size. Returns the step's mean loss over all ranks."""
-    count = sum(valid_targets(batch[1]).sum() for batch in batches)
-    loss_sum = torch.zeros((), device=runtime.device)
-    if runtime.distributed:
-        dist.all_reduce(count)
-    ddp = ddp_of(step_model)
-    scale = (runtime.world_size if ddp else 1) / count.clamp(min=1)
-    for index, (inputs, targets, *token_weights) in enumerate(batches):  # RL batches carry token weights
-        last = index == len(batches) - 1
-        with ddp.no_sync() if ddp and not last else contextlib.nullcontext():
-            with runtime.autocast():
-                loss = step_model(inputs, targets, token_weights=token_weights[0] if token_weights else None)
-            (loss * scale).backward()
-        loss_sum += loss.detach()
-    if runtime.distributed:
-        dist.all_reduce(loss_sum)
-    return (loss_sum / count.clamp(min=1)).item()
-
-
-def sum_gradients(step_model: torch.nn.Module, model: GPT, runtime: Runtime) -> None:
-    """Sum every gradient over ranks, where DDP did not already do it during backward (--grad-sync after):
-    one all-reduce per parameter after the last micro-batch, nothing overlapped. Each rank's part is
-    already divided by the global token count."""
-    if not runtime.distributed or ddp_of(step_model):
-        return
-    pending = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters()]
-    for work in pending:
-        work.wait()
-
-
-def ddp_of(step_model: torch.nn.Module) -> DistributedDataParallel | None:
-    """The DDP wrapper under step_model (compiled or not), if gradients sync during backward."""
-    module = getattr(step_model, "_orig_mod", step_model)
-    return module if isinstance(module, DistributedDataParallel) else None
+    recheck_peak(ctx.peak_flops, metrics.max_mfu, ctx.runtime)
 
 
 def check_loss(loss: float, state: TrainState, config: TrainConfig) -> bool:
@@ -378,16 +279,6 @@ def progress(ctx: LoopContext, state: TrainState) -> float:
     return state.train_seconds / (ctx.config.time_budget * 60)
 
 
-def agree(seconds: float, stop_requested: bool, runtime: Runtime) -> tuple[float, bool]:
-    """Every rank must take the same decisions: use the slowest rank's time and anyone's stop request."""
-    if not runtime.distributed:
-        return seconds, stop_requested
-    values = torch.tensor([seconds, float(stop_requested)], dtype=torch.float64, device=runtime.device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values[0].item(), bool(values[1].item())
-
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Set-up helpers
 
@@ -401,17 +292,6 @@ def gradient_accumulation_steps(config: TrainConfig, world_size: int) -> int:
     return config.total_batch_size // per_micro_step
 
 
-def check_val_split(stage: Stage, tokenizer, config: TrainConfig, runtime: Runtime) -> None:
-    """Fail before training rather than after it when not one rank gets a single val batch."""
-    has_batch = next(iter(stage.val_batches(tokenizer, config, runtime)), None) is not None
-    ranks_with_a_batch = torch.tensor(float(has_batch), device=runtime.device)
-    if runtime.distributed:  # a rank may get none when the val shard has fewer row groups than ranks
-        dist.all_reduce(ranks_with_a_batch)
-    if ranks_with_a_batch.item() == 0:
-        raise UserError(f"the val split is shorter than one batch of {config.device_batch_size} x "
-                        f"{config.max_seq_len} tokens; lower --device-batch-size or --max-seq-len")
-
-
 def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> int:
     """Steps to run; 0 means a time budget decides."""
     if config.num_iterations:
@@ -420,105 +300,6 @@ def plan_iterations(config: TrainConfig, model: GPT, tokens_per_step: int) -> in
         return 0
     tokens = config.target_param_data_ratio * model.num_params()["total"]
     return max(1, round(tokens / tokens_per_step))
-
-
-
-def load_init(config: TrainConfig, stage: Stage) -> tuple[Path, dict] | None:
-    """The newest good checkpoint of the stage this one starts from (mid from base, SFT from mid)."""
-    if not stage.init_from:
-        return None
-    directory = checkpoint_dir(config.home_path, stage.init_from)
-    if not list_checkpoints(directory):
-        raise UserError(f"--stage {stage.name} starts from the newest {stage.init_from} checkpoint, and there is "
-                        f"none in {directory}; run `picochat train --stage {stage.init_from}` first")
-    return load_latest(directory, mmap=True)
-
-
-def model_shape(config: TrainConfig, tokenizer, start: tuple[Path, dict] | None) -> GPTConfig:
-    """Base: from the flags. A later stage or a resume: from the checkpoint it starts from. Its sequence
-    length, the context the engine and server allow, is the longest the model has trained at: a stage with
-    longer rows raises it (the rotary table is computed, not learnt), one with shorter rows (RL's prompts
-    and answers) keeps it."""
-    if start is None:
-        return GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
-                                    config.kv_head_ratio)
-    path, checkpoint = start
-    check_vocab(tokenizer, checkpoint, path)
-    longest = max(config.max_seq_len, checkpoint["model_config"]["sequence_len"])
-    return GPTConfig(**{**checkpoint["model_config"], "sequence_len": longest})
-
-
-def start_state(stage: Stage, model: GPT, optimizers: list, runtime: Runtime, out_dir: Path,
-                resume: tuple[Path, dict] | None, init: tuple[Path, dict] | None) -> tuple[TrainState, dict | None]:
-    """Resume (everything), a later stage's start from an earlier stage (weights only), or a fresh start.
-    Every rank has read its checkpoint before setup_runtime's rendezvous, so rank 0 may now move files."""
-    if resume is not None:
-        path, checkpoint = resume
-        print0(f"resuming from {path}")
-        if runtime.is_main:
-            set_aside_newer(out_dir, path)
-        state, loader_state = restore(checkpoint, model, optimizers, runtime)
-        return TrainState(**state), loader_state
-    if runtime.is_main:
-        set_aside_previous_run(out_dir)
-    if init is not None:
-        print0(f"starting from {stage.init_from} checkpoint {init[0]}")
-        load_model_weights(model, init[1])
-    return TrainState(), None
-
-
-def print_setup(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime, model: GPT,
-                grad_accum: int, tokens_per_step: int) -> None:
-    c = model.config
-    print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)\n"
-           f"{describe(config)}\n{describe(optim_config)}")
-    print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv); "
-           f"{model.num_params()['total']:,} params, {model.flops_per_token(config.max_seq_len):.3g} FLOPs/token")
-    if stage.name == "rl":  # its rows are as long as each prompt and answer: tokens are counted as they run
-        print0(f"batch: {config.device_batch_size} problems x {config.rl_samples} samples per process and step, "
-               f"x {runtime.world_size} process(es)")
-    else:
-        print0(f"batch: {tokens_per_step:,} tokens/step = {grad_accum} micro-batch(es) of {config.device_batch_size} x "
-               f"{config.max_seq_len} x {runtime.world_size} process(es)")
-
-
-def prepare_model(model: GPT, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
-    """Start every rank from rank 0's weights, wrap the model in DDP for --grad-sync overlap (its reducer
-    all-reduces ~25 MB buckets of gradients as backward produces them; compiled, dynamo splits the graph at
-    the buckets so the overlap survives), then compile where it works (checked with a warm-up step)."""
-    step_model: torch.nn.Module = model
-    if runtime.distributed and config.grad_sync == "overlap":
-        step_model = DistributedDataParallel(model, broadcast_buffers=False, gradient_as_bucket_view=True)
-    elif runtime.distributed:
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-    return try_compile(step_model, config, runtime) if config.compile else step_model
-
-
-def try_compile(model: torch.nn.Module, config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
-    """torch.compile needs a C++ compiler (CPU) or Triton (GPU); without them, train eager, never crash."""
-    compiled = torch.compile(model)
-    # Two distinct tensors, as in training: passing one for both makes dynamo guard on `idx is targets`
-    # and compile all over again at the first real step.
-    inputs = torch.zeros(config.device_batch_size, config.max_seq_len, dtype=torch.long, device=runtime.device)
-    targets = torch.zeros_like(inputs)
-    error = None
-    try:
-        with runtime.autocast():
-            loss = compiled(inputs, targets)
-        loss.backward()
-    except Exception as e:  # dynamo/inductor raise many types; every one of them means "use eager"
-        error = e
-    model.zero_grad(set_to_none=True)
-    ok = torch.tensor(0.0 if error else 1.0, device=runtime.device)
-    if runtime.distributed:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # all ranks must take the same path
-    if ok.item() == 1.0:
-        return compiled
-    reason = str(error).strip().splitlines()[0][:200] if error else "failed on another rank"
-    print0(f"torch.compile is not available here ({type(error).__name__}: {reason}); training eager")
-    return model
-
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -531,72 +312,18 @@ def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog, final: bo
                                  ctx.runtime)
     extra = ctx.stage.extra_eval(ctx.model, ctx.tokenizer, ctx.config, ctx.runtime) if ctx.stage.extra_eval else {}
     record = {"step": state.step, "val_bpb": state.val_bpb, **extra}
-    if final:
-        state.pretrain_val_bpb = record["pretrain_val_bpb"] = pretrain_val_bpb(ctx, state)
+    if final:  # every stage on base's yardstick too: a rise after mid or SFT means base skill was lost
+        state.pretrain_val_bpb = record["pretrain_val_bpb"] = state.val_bpb if ctx.stage.name == "base" else \
+            pretraining_val_bpb(ctx.model, ctx.tokenizer, ctx.config, ctx.runtime)
     seconds = time.perf_counter() - start
     metrics.log({**record, "eval_seconds": round(seconds, 3), "tokens": state.tokens})
     more = "".join(f", {key} {value}" for key, value in extra.items())
     print0(f"\nstep {state.step}: val bpb {state.val_bpb:.4f}{more} ({seconds:.1f}s)")
 
 
-def pretrain_val_bpb(ctx: LoopContext, state: TrainState) -> float:
-    """Val bpb on the pretraining corpus's val shard, measured as base measures it: one yardstick for every
-    stage, so a rise after mid-training or SFT means base skill was lost. Every rank takes part."""
-    if ctx.stage.name == "base":
-        return state.val_bpb
-    batches = base_stage().val_batches(ctx.tokenizer, ctx.config, ctx.runtime)
-    return evaluate_bpb(ctx.model, batches, ctx.tokenizer.token_bytes(), ctx.config.eval_tokens, ctx.runtime)
-
-
-def step_work(ctx: LoopContext) -> tuple[int, float]:
-    """(tokens, FLOPs) of the step just taken, over all ranks: the batch shape's, or for a sampling loader
-    (RL: rollout_tokens in its last_stats) what it really ran. A sampled token is one forward pass, a third
-    of a trained token's FLOPs; an update runs its non-padding tokens."""
-    stats, per_token = getattr(ctx.train_loader, "last_stats", {}), ctx.model.flops_per_token(ctx.config.max_seq_len)
-    if "rollout_tokens" not in stats:
-        return ctx.tokens_per_step, per_token * ctx.tokens_per_step
-    counts = torch.tensor([stats["rollout_tokens"], stats["update_tokens"]], dtype=torch.float64,
-                          device=ctx.runtime.device)
-    if ctx.runtime.distributed:
-        dist.all_reduce(counts)  # each rank sampled answers of its own lengths
-    sampled, updated = counts.tolist()
-    return round(sampled + updated), per_token * (sampled / 3 + updated)
-
-
-def step_metrics(ctx: LoopContext, state: TrainState, loss: float, lr: float, seconds: float, tokens: int,
-                 flops: float) -> dict:
-    """The step's record; tokens and FLOPs are the step's over all ranks (step_work)."""
-    mfu = flops / seconds / ctx.runtime.world_size / ctx.peak_flops
-    done = progress(ctx, state)
-    eta = max(0.0, state.train_seconds * (1 - done) / done) if done > 0 else float("nan")
-    return {"step": state.step, "loss": round(loss, 5), "lr": round(lr, 5), "tok_per_s": round(tokens / seconds),
-            "mfu": round(mfu, 4), "eta_s": round(eta, 1), "tokens": state.tokens,
-            "train_seconds": round(state.train_seconds, 2), "peak_rss_mb": peak_rss_bytes() // 2**20}
-
-
-def loader_stats(loader, step_seconds: float) -> dict:
-    """What a sampling loader (RL) reports of its last batch, and the update's share of the step time."""
-    stats = dict(getattr(loader, "last_stats", {}))
-    if "sample_seconds" in stats:
-        stats["update_seconds"] = round(step_seconds - stats["sample_seconds"], 3)
-        stats["update_tok_per_s"] = round(stats["update_tokens"] / max(stats["update_seconds"], 1e-6))
-    return stats
-
-
 def save(ctx: LoopContext, state: TrainState) -> None:
-    runtime = ctx.runtime
-    loader_states = [None] * runtime.world_size
-    if runtime.distributed:
-        dist.all_gather_object(loader_states, ctx.train_loader.state_dict())
-    else:
-        loader_states = [ctx.train_loader.state_dict()]
-    # Every rank checks (the weights are identical), so all raise together instead of hanging in barrier().
-    if not all(torch.isfinite(p).all() for p in ctx.model.parameters()):
-        raise NonFiniteLoss(f"weights are not finite at step {state.step}; not writing a checkpoint")
-    if runtime.is_main:
-        configs = {"config": ctx.config, "optim_config": ctx.optim_config}
-        payload = make_payload(ctx.model, ctx.optimizers, loader_states, state, configs, ctx.fingerprints,
-                               ctx.stage.name, runtime)
-        save_checkpoint(ctx.out_dir, state.step, payload, ctx.config.keep_last)
-    if runtime.distributed:
-        dist.barrier()
+    configs = {"config": ctx.config, "optim_config": ctx.optim_config}
+    if ctx.stage.settings is not None:
+        configs["stage_config"] = ctx.stage.settings
+    save_run(ctx.out_dir, state.step, ctx.model, ctx.optimizers, ctx.train_loader, state, configs, ctx.fingerprints,
+             ctx.stage.name, ctx.config.keep_last, ctx.runtime)

@@ -14,24 +14,27 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from picochat.common import IGNORE_INDEX, Runtime, end_torchrun_worker, setup_runtime
+from picochat.common import IGNORE_INDEX
+from picochat.runtime import Runtime, end_torchrun_worker, setup_runtime
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import TrainConfig, forward_backward, prepare_model, sum_gradients, train_step
+from picochat.runtime import prepare_model
+from picochat.step import forward_backward, sum_gradients, train_step
+from picochat.data.loader import Batch
 
 
-def batches_for(rank: int, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def batches_for(rank: int, step: int, micro: int = 0) -> Batch:
     generator = torch.Generator().manual_seed(1000 * step + 10 * micro + rank)
     inputs = torch.randint(0, 64, (2, 16), generator=generator)
     targets = torch.randint(0, 64, (2, 16), generator=generator)
     if rank == 1:
         targets[:, : 4 + step] = IGNORE_INDEX  # unequal counts per rank: normalisation must be global
-    return inputs, targets
+    return Batch(inputs, targets)
 
 
 def train(runtime: Runtime, model: GPT, ranks_per_step: list[int], grad_sync: str = "overlap",
           micro_batches: int = 1) -> dict:
-    step_model = prepare_model(model, TrainConfig(compile=False, grad_sync=grad_sync), runtime)
+    step_model = prepare_model(model, runtime, grad_sync)
     optimizers = build_optimizers(model, OptimConfig(), torch.float32)
     batches = lambda step: [batches_for(r, step, m) for r in ranks_per_step for m in range(micro_batches)]
     forward_backward(step_model, batches(0), runtime)  # the first step's gradients, before any update

@@ -15,8 +15,10 @@ import pytest
 
 from helpers import TINY, flags_dict
 from picochat.chat_cli import repl
-from picochat.common import UserError, setup_runtime
-from picochat.engine import Engine, Sampling
+from picochat.common import UserError
+from picochat.runtime import setup_runtime
+from picochat.checkpoint import load_engine
+from picochat.engine import Sampling
 from picochat.train import run
 
 
@@ -37,7 +39,7 @@ def chat(home, *flags: str, stdin: str = "") -> subprocess.CompletedProcess:
 def test_one_shot_prints_only_the_answer(trained_home):
     done = chat(trained_home, "-p", "hi", "--temperature", "0", "--max-tokens", "20")
     assert done.returncode == 0, done.stderr
-    engine = Engine.from_checkpoint(trained_home, runtime=setup_runtime("cpu", "float32"), quiet=True)
+    engine = load_engine(trained_home, runtime=setup_runtime("cpu", "float32"), quiet=True)
     expected = engine.complete([engine.prompt_ids({"messages": [{"role": "user", "content": "hi"}]})],
                                Sampling(temperature=0, max_tokens=20))[0]["text"]
     assert done.stdout == expected + "\n" and expected.strip()

@@ -20,10 +20,13 @@ import torch
 from helpers import losses, train_cli
 from picochat.checkpoint import (StageLock, check_fingerprints, list_checkpoints, load_checkpoint, make_payload,
                                  restore, save_checkpoint, set_aside_newer, set_aside_previous_run)
-from picochat.common import Runtime, UserError
+from picochat.common import UserError
+from picochat.runtime import Runtime
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
-from picochat.train import TrainConfig, TrainState, train_step
+from picochat.step import train_step
+from picochat.train import TrainConfig, TrainState
+from picochat.data.loader import Batch
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 
@@ -36,7 +39,7 @@ def model_and_optimizers(seed: int) -> tuple[GPT, list]:
 
 def payload_after_a_step(seed: int = 0) -> tuple[dict, GPT, list]:
     model, optimizers = model_and_optimizers(seed)
-    train_step(model, model, optimizers, [(torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16)))], CPU)
+    train_step(model, model, optimizers, [Batch(torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16)))], CPU)
     configs = {"config": TrainConfig(), "optim_config": OptimConfig()}
     payload = make_payload(model, optimizers, [{"epoch": 0, "shard": 1}], TrainState(step=1, tokens=32), configs,
                            {"corpus": "c" * 64, "tokenizer": "t" * 64}, "base", CPU)

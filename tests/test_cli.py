@@ -86,6 +86,18 @@ def test_bad_train_flag_fails_before_loading_anything(tmp_path, monkeypatch, cap
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "base", "--max-problems", "-1"], "--max-problems"), (["eval", "chat", "--max-problems", "-5"], "--max-problems"),
+    (["eval", "chat", "--batch-size", "0"], "--batch-size"), (["train", "--stage", "rl", "--rl-samples", "0"], "--rl-samples")])
+def test_bad_eval_and_rl_numbers_fail_before_loading_anything(argv, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))  # no checkpoint: the flag is checked first
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert flag in error_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_prepare_flag(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:

@@ -23,7 +23,7 @@ def mixture():
 
 def test_targets_are_the_assistant_tokens_only(tiny_tokenizer):
     loader = ConversationLoader(tiny_tokenizer, mixture(), batch_size=1, seq_len=1024, loop=False)
-    inputs, targets = next(loader)
+    inputs, targets, _ = next(loader)
     stream = inputs[0].tolist() + [None]
     expected = []  # rebuild the stream from the rendered examples, in the loader's order
     for task, index in epoch_order([40, 10], [1.0, 2.0], 0, 0):
@@ -54,7 +54,7 @@ def test_resume_at_every_batch_gives_the_same_batches(tiny_tokenizer):
     for index in range(29):
         next(loader)
         resumed = make(loader.state_dict())
-        for (a, b), (c, d) in zip(batches(resumed, 1), reference[index + 1:index + 2]):
+        for (a, b, _), (c, d, _) in zip(batches(resumed, 1), reference[index + 1:index + 2]):
             assert torch.equal(a, c) and torch.equal(b, d), index
 
 
@@ -75,7 +75,7 @@ def test_a_conversation_longer_than_a_row_spans_rows(tiny_tokenizer):
     """Packing continues a conversation in the next row; cutting it to one row would drop every answer."""
     loader = ConversationLoader(tiny_tokenizer, [(ArithmeticWithTool("eval", size=5), 1.0)], 1, 8, loop=False)
     rows = list(loader)
-    trained = sum(int((targets >= 0).sum()) for _, targets in rows)
+    trained = sum(int((row.targets >= 0).sum()) for row in rows)
     total = sum(len(render_conversation(tiny_tokenizer, ArithmeticWithTool("eval", size=5)[i])[0]) for i in range(5))
     assert len(rows) == total // 9 and trained > len(rows)  # each row takes 8 + 1 fresh tokens
 
@@ -86,7 +86,7 @@ def test_a_plain_document_is_all_targets(tiny_tokenizer):
     assert ids == [tiny_tokenizer.bos_id] + tiny_tokenizer.encode(text) and mask == [0] + [1] * (len(ids) - 1)
     loader = ConversationLoader(tiny_tokenizer, [(PretrainingText("train", (text,) * 3), 1.0)], batch_size=1,
                                 seq_len=len(ids) * 2 - 1, loop=False)  # exactly two documents
-    _, targets = next(loader)
+    targets = next(loader).targets
     assert (targets[0] == IGNORE_INDEX).sum() == 1  # only the second document's <|bos|> is not a target
 
 

@@ -14,8 +14,10 @@ import torch
 from helpers import TINY, flags_dict
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
-from picochat.common import Runtime, UserError
-from picochat.engine import Engine, Row, Sampling, TextStream, load_model
+from picochat.common import UserError
+from picochat.runtime import Runtime
+from picochat.checkpoint import load_model
+from picochat.engine import Engine, Row, Sampling, TextStream
 from picochat.model import GPT, GPTConfig
 from picochat.tokenizer import Tokenizer
 from picochat.train import run
@@ -265,6 +267,6 @@ def test_load_model_falls_back_past_a_corrupt_checkpoint(trained_home, tmp_path,
 
 
 def test_inference_runs_in_fp32_on_a_cpu_unless_asked_otherwise():
-    from picochat.engine import inference_runtime
+    from picochat.runtime import inference_runtime
     assert inference_runtime("cpu", "auto").dtype == torch.float32
     assert inference_runtime("cpu", "bfloat16").dtype == torch.bfloat16

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from helpers import TINY, flags_dict
-from picochat.common import Runtime, UserError
+from picochat.common import UserError
+from picochat.runtime import Runtime
 from picochat.engine import Engine
 from picochat.evals import core
 from picochat.evals.core import centered, evaluate_core_task, fewshot_prefix, option_sequences, options_of

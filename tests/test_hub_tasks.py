@@ -21,8 +21,9 @@ import pytest
 from picochat.calculator import calculate
 from picochat.chat import merge_system, render_conversation
 from picochat.common import UserError
-from picochat.data.download import FINEWEB_URL, on_hub_endpoint
+from picochat.data.download import FINEWEB_URL
 from picochat.data.hub import download_dataset_file, hub_dir, hub_url
+from picochat.data.fetch import on_hub_endpoint
 from picochat.tasks.online import download_chat_data
 from picochat.tasks import gsm8k, mmlu_auxiliary, smoltalk
 from picochat.tasks.gsm8k import ANNOTATION, GSM8K, answer_parts

@@ -49,13 +49,13 @@ def take(loader, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def flat_stream(batches) -> list[int]:
     """The token stream the batches cover: each batch's last target is the next batch's first input."""
-    tokens = [t for inputs, _ in batches for t in inputs.flatten().tolist()]
+    tokens = [t for batch in batches for t in batch.inputs.flatten().tolist()]
     return tokens + batches[-1][1].flatten()[-1:].tolist() if batches else tokens
 
 
 def same_batches(a, b) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for pair_a, pair_b in zip(a, b)
-                                    for x, y in zip(pair_a, pair_b))
+    return len(a) == len(b) and all(torch.equal(x.inputs, y.inputs) and torch.equal(x.targets, y.targets)
+                                    for x, y in zip(a, b))
 
 
 def run_with_timeout(function, seconds: float = 20.0):
@@ -80,23 +80,23 @@ def run_with_timeout(function, seconds: float = 20.0):
 def test_batches_are_shifted_by_one(tiny_tokenizer, shards):
     loader = TokenLoader(tiny_tokenizer, shards, batch_size=3, seq_len=7)
     batches = take(loader, 20)
-    for inputs, targets in batches:
+    for inputs, targets, _ in batches:
         assert inputs.shape == targets.shape == (3, 7)
         assert inputs.dtype == targets.dtype == torch.long
         assert inputs.device.type == "cpu"
         assert torch.equal(inputs[:, 1:], targets[:, :-1])
         assert torch.equal(inputs.flatten()[1:], targets.flatten()[:-1])  # rows continue one another
-    for (_, targets), (next_inputs, _) in zip(batches, batches[1:]):
+    for (_, targets, _), (next_inputs, _, _) in zip(batches, batches[1:]):
         assert next_inputs[0, 0] == targets[-1, -1]  # ... and so do batches: no token is skipped
 
 
 def test_micro_batches_cover_the_same_tokens_as_one_big_batch(tiny_tokenizer, shards):
     small = take(TokenLoader(tiny_tokenizer, shards, batch_size=2, seq_len=16), 6)
     big = take(TokenLoader(tiny_tokenizer, shards, batch_size=6, seq_len=16), 2)
-    for index, (inputs, targets) in enumerate(big):
+    for index, (inputs, targets, _) in enumerate(big):
         part = small[3 * index:3 * index + 3]
-        assert torch.equal(inputs, torch.cat([x for x, _ in part]))
-        assert torch.equal(targets, torch.cat([y for _, y in part]))
+        assert torch.equal(inputs, torch.cat([batch.inputs for batch in part]))
+        assert torch.equal(targets, torch.cat([batch.targets for batch in part]))
 
 
 def test_stream_is_bos_plus_each_document_in_order(tiny_tokenizer, shards):
@@ -303,5 +303,5 @@ def test_rank_without_row_groups_raises_instead_of_hanging(tiny_tokenizer, docum
     assert isinstance(error, ValueError), error
     assert "no documents" in str(error) and f"rank {world_size - 1}" in str(error)
     # rank 0 owns that group and streams normally
-    inputs, _ = next(TokenLoader(tiny_tokenizer, [path], batch_size=2, seq_len=8, rank=0, world_size=world_size))
+    inputs = next(TokenLoader(tiny_tokenizer, [path], batch_size=2, seq_len=8, rank=0, world_size=world_size)).inputs
     assert inputs[0, 0] == tiny_tokenizer.bos_id

@@ -6,7 +6,8 @@
 import pytest
 import torch
 
-from picochat.model import GPT, GPTConfig, KVCache
+from picochat.engine import KVCache
+from picochat.model import GPT, GPTConfig
 
 
 def tiny_config(**overrides) -> GPTConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import picochat.common
+import picochat.runtime
 from picochat import perf
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
@@ -117,7 +117,7 @@ def bench():
 
 def set_native_bf16(monkeypatch, bench, native: bool) -> None:
     """Every place that asks whether this CPU has native bf16 gets `native`."""
-    for module in (bench, perf, picochat.common):
+    for module in (bench, perf, picochat.runtime):
         monkeypatch.setattr(module, "cpu_supports_bf16", lambda: native)
 
 

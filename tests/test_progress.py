@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from picochat import progress as progress_module
-from picochat.common import Runtime, UserError
+from picochat.common import UserError
+from picochat.runtime import Runtime
 from picochat.progress import MetricsLog, Progress, StopSignal, read_metrics
 
 MAIN = Runtime(torch.device("cpu"), torch.float32)

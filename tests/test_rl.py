@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +24,8 @@ from helpers import TINY, error_line, flags_dict, step_records, train_cli
 from picochat import cli
 from picochat.chat import render_for_completion
 from picochat.checkpoint import checkpoint_dir, load_latest
-from picochat.common import IGNORE_INDEX, Runtime, end_torchrun_worker
+from picochat.common import IGNORE_INDEX
+from picochat.runtime import Runtime, end_torchrun_worker
 from picochat.data.conversations import ConversationLoader
 from picochat.engine import Engine
 from picochat.model import GPT, GPTConfig
@@ -33,7 +33,9 @@ from picochat.optim import OptimConfig, build_optimizers
 from picochat.progress import read_metrics
 from picochat.rl import RolloutBatches, group_advantages
 from picochat.tasks import Task, final_number
-from picochat.train import run, step_work, train_step
+from picochat.perf import step_work
+from picochat.step import train_step
+from picochat.train import run
 from test_engine import ScriptedModel
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
@@ -114,9 +116,9 @@ def test_a_rollout_trains_what_the_policy_wrote_and_counts_the_tokens_it_ran(tin
     stats = rollouts.last_stats
     assert stats["rollout_tokens"] == len(answer) + len(short)
     assert stats["update_tokens"] == (len(prompt) + len(answer) - 1) + (len(prompt) + len(short) - 1) < inputs.numel()
-    ctx = SimpleNamespace(train_loader=rollouts, model=SimpleNamespace(flops_per_token=lambda length: length * 3.0),
-                          config=SimpleNamespace(max_seq_len=100), runtime=CPU, tokens_per_step=10**6)
-    tokens, flops = step_work(ctx)
+    step_stats = rollouts.stats(stats["sample_seconds"] + 1.0)  # a step of sampling, then 1 s of update
+    assert step_stats["update_seconds"] == pytest.approx(1.0, abs=1e-3)
+    tokens, flops = step_work(step_stats, tokens_per_step=10**6, flops_per_token=300.0, runtime=CPU)
     assert tokens == stats["rollout_tokens"] + stats["update_tokens"]
     assert flops == pytest.approx(300.0 * (stats["rollout_tokens"] / 3 + stats["update_tokens"]))
 

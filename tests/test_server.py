@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from helpers import TINY, flags_dict
-from picochat.common import Runtime
+from picochat.runtime import Runtime
+from picochat.checkpoint import load_engine
 from picochat.engine import Engine
 from picochat import server as serving
 from picochat.server import conversation, create_app, Message, ServeConfig
@@ -37,7 +38,7 @@ def engine(tmp_path_factory, tiny_home) -> Engine:
     shutil.copytree(tiny_home, home)
     # sequence_len 128: room for the answers below, and a prompt past it is still inside the rotary table (10x)
     run(flags_dict(*TINY, "--max-seq-len", "128", "--num-iterations", "20", "--home", str(home)))
-    return Engine.from_checkpoint(home, runtime=Runtime(torch.device("cpu"), torch.float32), quiet=True)
+    return load_engine(home, runtime=Runtime(torch.device("cpu"), torch.float32), quiet=True)
 
 
 class LiveServer:

@@ -17,22 +17,27 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from helpers import flags_dict
 from picochat.config import build
-from picochat.train import TrainConfig, gradient_accumulation_steps, make_stage, resolve_configs
+from picochat.train import TrainConfig, gradient_accumulation_steps, resolve_configs
 
 ROOT = Path(__file__).parents[1]
 SPEEDRUN = ROOT / "speedrun.sh"
 PREPARE = ROOT / "scripts" / "prepare_data.sh"
+RECIPE = ROOT / "scripts" / "recipe.sh"  # what the launch recipes share: speedrun.sh sources it
 
 
 def knobs_read_by(script: Path) -> set[str]:
-    """Environment variables the script reads with a default: ${NAME:-...}."""
-    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text())) - {"HOME"}
+    """Environment variables the script (and scripts/recipe.sh, where it sources it) reads with a default:
+    ${NAME:-...}."""
+    text = script.read_text() + (RECIPE.read_text() if "scripts/recipe.sh" in script.read_text() else "")
+    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text)) - {"HOME"}
 
 
 def fake_nvidia_smi(directory: Path, gpus: int) -> Path:
@@ -146,10 +151,13 @@ def test_rl_runs_by_default_and_run_rl_0_skips_it(tmp_path):
     assert "rl: off (RUN_RL=0)" in out and "--source rl" not in out and "--stage rl" not in out
 
 
-def stage_config(output: str, stage: str) -> TrainConfig:
-    """The config `picochat train` resolves (stage preset, then flags) from the dry run's command for `stage`."""
+def stage_config(output: str, stage: str) -> SimpleNamespace:
+    """The settings `picochat train` resolves (stage preset, then flags) from the dry run's command for `stage`:
+    TrainConfig's and the stage's own (RL's RLConfig)."""
     flags = flags_dict(*picochat_argv(train_command(output, stage))[1:])
-    return resolve_configs(make_stage(stage), flags, None)[0]
+    config, _, resolved = resolve_configs(stage, flags, None)
+    own = asdict(resolved.settings) if resolved.settings is not None else {}
+    return SimpleNamespace(**asdict(config), **own)
 
 
 def test_every_stage_has_an_explicit_length(tmp_path):
@@ -239,12 +247,12 @@ def test_every_printed_picochat_command_and_flag_exists(tmp_path):
     (["--dry-run", "--fast"], {}, "unknown option '--fast'"),
     (["--dry-run", "--gpus"], {}, "--gpus needs a number"),
     (["--dry-run", "--gpus", "two"], {}, "positive whole number, got 'two'"),
-    (["--dry-run", "--gpus", "3"], {}, "not a multiple of"),            # 524,288 tokens do not split 3 ways
-    (["--dry-run"], {"DEPTH": "20.5"}, "DEPTH must be a positive whole number"),
-    (["--dry-run"], {"EVAL_PROBLEMS": "-1"}, "EVAL_PROBLEMS must be a whole number"),
-    (["--dry-run"], {"SFT_TOTAL_BATCH_SIZE": "4096"}, "sft: the total batch of 4096 tokens"),
-    (["--dry-run"], {"RL_ITERATIONS": "0"}, "RL_ITERATIONS must be a positive whole number"),
-    (["--dry-run"], {"BASE_ITERATIONS": "lots"}, "BASE_ITERATIONS must be a whole number"),
+    (["--dry-run", "--gpus", "3"], {}, "base: --total-batch-size 524288 must be a multiple of"),  # not 3 ways
+    (["--dry-run"], {"DEPTH": "20.5"}, "base: argument --depth: invalid int value: '20.5'"),
+    (["--dry-run"], {"EVAL_PROBLEMS": "-1"}, "picochat eval chat: --max-problems must be >= 0, got -1"),
+    (["--dry-run"], {"SFT_TOTAL_BATCH_SIZE": "4096"}, "sft: --total-batch-size 4096 must be a multiple of"),
+    (["--dry-run"], {"RL_ITERATIONS": "0"}, "rl: --stage rl needs a length"),
+    (["--dry-run"], {"BASE_ITERATIONS": "lots"}, "base: argument --num-iterations: invalid int value: 'lots'"),
     (["--dry-run"], {"SPEEDRUN_SMOKE": "yes"}, "SPEEDRUN_SMOKE must be 0 or 1"),
     ([], {}, "no NVIDIA GPU here"),                                        # a real run needs a GPU
 ])

@@ -20,9 +20,11 @@ import torch
 from torch._dynamo.utils import counters
 
 from helpers import TINY, flags_dict, losses, lrs, step_records, train_cli, val_bpbs
+from picochat import step as step_module
 from picochat import train as train_module
 from picochat.checkpoint import list_checkpoints, load_latest
-from picochat.common import IGNORE_INDEX, Runtime, UserError
+from picochat.common import IGNORE_INDEX, UserError
+from picochat.runtime import Runtime
 from picochat.data.shards import corpus_dir, write_corpus
 from picochat.evals.bpb import evaluate_bpb
 from picochat.model import GPT, GPTConfig
@@ -30,7 +32,9 @@ from picochat.optim import OptimConfig, build_optimizers
 from picochat.progress import read_metrics
 from picochat.stages import base_stage
 from picochat.tokenizer import Tokenizer, load_tokenizer, tokenizer_dir
-from picochat.train import forward_backward, run, train_step
+from picochat.step import forward_backward, train_step
+from picochat.train import run
+from picochat.data.loader import Batch
 
 @pytest.fixture
 def home(fresh_home) -> Path:
@@ -55,8 +59,8 @@ def test_all_masked_micro_batch_adds_exactly_zero():
     model = tiny_model()
     x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
     masked = torch.full_like(y, IGNORE_INDEX)
-    loss_alone, grads_alone = grads_after(model, [(x, y)])
-    loss_with, grads_with = grads_after(model, [(x, masked), (x, y), (x, masked)])
+    loss_alone, grads_alone = grads_after(model, [Batch(x, y)])
+    loss_with, grads_with = grads_after(model, [Batch(x, masked), Batch(x, y), Batch(x, masked)])
     assert loss_with == pytest.approx(loss_alone, rel=1e-6)
     for a, b in zip(grads_alone, grads_with):
         assert torch.allclose(a, b, atol=1e-7)
@@ -65,7 +69,7 @@ def test_all_masked_micro_batch_adds_exactly_zero():
 def test_fully_masked_step_gives_zero_loss_and_no_nan():
     model = tiny_model()
     x = torch.randint(0, 64, (2, 16))
-    loss, grads = grads_after(model, [(x, torch.full_like(x, IGNORE_INDEX))] * 2)
+    loss, grads = grads_after(model, [Batch(x, torch.full_like(x, IGNORE_INDEX))] * 2)
     assert loss == 0.0
     assert all(torch.isfinite(g).all() and torch.count_nonzero(g) == 0 for g in grads)
 
@@ -75,7 +79,7 @@ def test_loss_is_mean_over_unmasked_tokens_across_micro_batches():
     x = torch.randint(0, 64, (2, 16))
     y1, y2 = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
     y2[:, :10] = IGNORE_INDEX
-    loss, _ = grads_after(model, [(x, y1), (x, y2)])
+    loss, _ = grads_after(model, [Batch(x, y1), Batch(x, y2)])
     with torch.no_grad():
         total = model(x, y1) + model(x, y2)
     assert loss == pytest.approx(total.item() / (32 + 12), rel=1e-5)
@@ -109,13 +113,13 @@ def test_fresh_run_sets_the_previous_run_aside(home):
 
 def nan_on_step_two(monkeypatch):
     """A transient bad step: the real forward/backward runs, but step 2 reports a NaN loss."""
-    real, calls = train_module.forward_backward, []
+    real, calls = step_module.forward_backward, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return float("nan") if len(calls) == 2 else loss
-    monkeypatch.setattr(train_module, "forward_backward", flaky)
+    monkeypatch.setattr(step_module, "forward_backward", flaky)
 
 
 def test_nonfinite_loss_stops_naming_the_step_without_a_checkpoint(home, monkeypatch):
@@ -148,19 +152,19 @@ def test_skipped_step_leaves_weights_and_optimizer_state_unchanged(monkeypatch):
     change every weight and buffer: all of them must still match the snapshot bit for bit."""
     model, runtime = tiny_model(), Runtime(torch.device("cpu"), torch.float32)
     optimizers = build_optimizers(model, OptimConfig(), torch.float32)
-    batch = [(torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16)))]
+    batch = [Batch(torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16)))]
     train_step(model, model, optimizers, batch, runtime)  # from here on the optimizers have state
     train_step(model, model, optimizers, batch, runtime)  # and the residual projections are non-zero
     before = snapshot(model, optimizers)
     state, config = train_module.TrainState(), train_module.TrainConfig(on_nonfinite="skip")
-    real = train_module.forward_backward
-    monkeypatch.setattr(train_module, "forward_backward", lambda *args: real(*args) * float("nan"))
+    real = step_module.forward_backward
+    monkeypatch.setattr(step_module, "forward_backward", lambda *args: real(*args) * float("nan"))
     train_step(model, model, optimizers, batch, runtime,
                update_if=lambda loss: train_module.check_loss(loss, state, config))
     assert state.skipped_steps == 1
     assert all(p.grad is None for p in model.parameters())  # cleared for the next step
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot(model, optimizers)))
-    monkeypatch.setattr(train_module, "forward_backward", real)
+    monkeypatch.setattr(step_module, "forward_backward", real)
     train_step(model, model, optimizers, batch, runtime)  # the same step, not skipped, changes them all
     assert not any(torch.equal(a, b) for a, b in zip(before, snapshot(model, optimizers)))
 

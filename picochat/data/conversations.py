@@ -1,4 +1,4 @@
-"""Conversation loader for mid-training and SFT: a weighted mixture of tasks -> packed (inputs, targets).
+"""Conversation loader for mid-training and SFT: a weighted mixture of tasks -> packed Batches.
 
 An example is a conversation, rendered with the chat template, or a plain document {"text": ...} (the
 pretraining text of mid-training), every token of which is a target.
@@ -24,6 +24,7 @@ import torch
 
 from picochat.chat import render_conversation
 from picochat.common import IGNORE_INDEX, UserError
+from picochat.data.loader import Batch
 
 
 # A conversation may span several rows (it is packed, not cut to one row); this only bounds a huge one.
@@ -77,7 +78,11 @@ class ConversationLoader:
     def __iter__(self) -> "ConversationLoader":
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def stats(self, step_seconds: float) -> dict:
+        """What the step's metrics record shows of this loader: the pass over the mixture it is in."""
+        return {"epoch": self.state.epoch}
+
+    def __next__(self) -> Batch:
         needed = self.batch_size * self.seq_len + 1
         ids: list[int] = []
         mask: list[int] = []
@@ -91,8 +96,8 @@ class ConversationLoader:
                 self._next_example()
         buffer = torch.tensor(ids, dtype=torch.long)
         targets = buffer[1:].masked_fill(torch.tensor(mask[1:]) == 0, IGNORE_INDEX)
-        return (buffer[:-1].view(self.batch_size, self.seq_len).to(self.device),
-                targets.view(self.batch_size, self.seq_len).to(self.device))
+        return Batch(buffer[:-1].view(self.batch_size, self.seq_len).to(self.device),
+                     targets.view(self.batch_size, self.seq_len).to(self.device))
 
     # ---- position bookkeeping -----------------------------------------------------------------------------
 

@@ -1,25 +1,32 @@
-"""Tokenizing data loader for pretraining: parquet shards -> (inputs, targets) batches of shape (B, T).
+"""Tokenizing data loader for pretraining: parquet shards -> Batches of (inputs, targets), each (B, T).
 
 Documents are prefixed with <|bos|> and concatenated into one token stream. Each DDP rank reads every
 world_size-th row group, counted over all shards. `state_dict()` names the exact token where the next batch starts
 (epoch, shard, row group, row, offset), so a resumed run sees exactly the batches it would have seen.
 
     loader = TokenLoader(tokenizer, train_shards, batch_size=8, seq_len=512)
-    inputs, targets = next(loader)
+    batch = next(loader)    # batch.inputs, batch.targets
+
+Batch, defined here, is what every loader yields and the training step takes (conversations.py, rl.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
 from picochat.common import UserError
-
 from picochat.data.shards import open_shard
 
+
+class Batch(NamedTuple):
+    """One micro-batch, each tensor (B, T)."""
+    inputs: torch.Tensor                 # token ids
+    targets: torch.Tensor                # the next token at each position; IGNORE_INDEX: no loss there
+    weights: torch.Tensor | None = None  # each target's loss weight (RL's advantages); None: all 1
 
 
 @dataclass
@@ -54,7 +61,11 @@ class TokenLoader:
     def __iter__(self) -> "TokenLoader":
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def stats(self, step_seconds: float) -> dict:
+        """What the step's metrics record shows of this loader: the pass over the corpus it is in."""
+        return {"epoch": self.state.epoch}
+
+    def __next__(self) -> Batch:
         needed = self.batch_size * self.seq_len + 1
         tokens: list[int] = []
         while len(tokens) < needed:
@@ -73,9 +84,7 @@ class TokenLoader:
             buffer = buffer.pin_memory().to(self.device, non_blocking=True)
         else:
             buffer = buffer.to(self.device)
-        inputs = buffer[:-1].view(self.batch_size, self.seq_len)
-        targets = buffer[1:].view(self.batch_size, self.seq_len)
-        return inputs, targets
+        return Batch(buffer[:-1].view(self.batch_size, self.seq_len), buffer[1:].view(self.batch_size, self.seq_len))
 
     def _current_document(self) -> tuple[LoaderState, list[int]]:
         if self._current is None:

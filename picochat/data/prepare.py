@@ -14,7 +14,8 @@ from pathlib import Path
 
 from picochat.common import UserError, picochat_home
 from picochat.config import build, option
-from picochat.data.download import FINEWEB_URL, download_shards, network_reachable, on_hub_endpoint
+from picochat.data.download import FINEWEB_URL, download_shards, network_reachable
+from picochat.data.fetch import on_hub_endpoint
 from picochat.data.offline import build_offline_corpus
 from picochat.data.shards import MANIFEST, corpus_dir, damaged_shards, read_manifest
 

@@ -29,10 +29,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from picochat.common import UserError, atomic_write_text, print0
-from picochat.config import build, option
-from picochat.engine import Engine, LoadConfig, Sampling
-from picochat.evals import RerunConfig, earlier_results
+from picochat.common import UserError, atomic_write_text
+from picochat.runtime import print0
+from picochat.config import build, option, require_at_least
+from picochat.checkpoint import LoadConfig, open_engine
+from picochat.engine import Engine, Sampling
+from picochat.evals.rerun import RerunConfig, earlier_results
 from picochat.sandbox import describe as describe_sandbox
 from picochat.tasks import Task
 from picochat.tasks.arc import ARC
@@ -64,6 +66,10 @@ class ChatEvalConfig:
     max_problems: int = option(200, "problems per task at most (0: all)")
     max_tokens: int = option(256, "longest generated answer, in tokens")
     batch_size: int = option(16, "problems answered at once")
+
+    def __post_init__(self):
+        require_at_least(self, 0, ("max_problems",))
+        require_at_least(self, 1, ("max_tokens", "batch_size"))
 
 
 def task_names(spec: str) -> list[str]:
@@ -140,7 +146,7 @@ def run(args) -> dict:
     if rerun.if_needed and earlier:
         print0(f"eval: already done ({path}: the same checkpoint and settings)")
         return earlier
-    engine = Engine.load(load)
+    engine = open_engine(load)
     sandbox = describe_sandbox() if "humaneval" in names else None
     if sandbox:
         print0(f"sandbox: {sandbox}")

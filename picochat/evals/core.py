@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from picochat.common import IGNORE_INDEX, UserError, atomic_write_text, print0, setup_runtime
-from picochat.config import build, option
+from picochat.common import IGNORE_INDEX, UserError, atomic_write_text
+from picochat.runtime import print0, setup_runtime
+from picochat.config import build, option, require_at_least
 from picochat.data.loader import TokenLoader
 from picochat.data.shards import corpus_dir, split_shards
-from picochat.engine import Engine, LoadConfig
-from picochat.evals import RerunConfig, earlier_results
+from picochat.checkpoint import LoadConfig, load_engine
+from picochat.engine import Engine
+from picochat.evals.rerun import RerunConfig, earlier_results
 from picochat.evals.bpb import evaluate_bpb
 from picochat.tasks.core import CoreTask, core_items, core_tasks
 
@@ -44,6 +46,10 @@ class BaseEvalConfig:
     max_problems: int = option(500, "items per CORE task at most (0: all)")
     batch_size: int = option(32, "sequences per forward pass")
     eval_tokens: int = option(65_536, "val tokens for bpb (0: skip bpb)")
+
+    def __post_init__(self):
+        require_at_least(self, 0, ("max_problems", "eval_tokens"))
+        require_at_least(self, 1, ("batch_size",))
 
 
 def options_of(item: dict) -> list[tuple[str, str]]:
@@ -156,7 +162,7 @@ def run(args) -> dict:
         return earlier
     # Scoring is all prefill, compute-bound like training: the training dtype (bf16 on a CPU that has it,
     # 2x faster here with the same picks), not the engine's fp32 for decoding.
-    engine = Engine.from_checkpoint(home, source, load.step, setup_runtime(load.device, load.dtype))
+    engine = load_engine(home, source, load.step, setup_runtime(load.device, load.dtype))
     report = {**engine.info}
     if config.eval_tokens:
         start = time.perf_counter()
