@@ -119,7 +119,7 @@ def make_payload(model, optimizers: list, loader_states: list[dict], train_state
                 "cuda": torch.cuda.get_rng_state() if runtime.device.type == "cuda" else None},
         "train_state": asdict(train_state),
         "model_config": asdict(model.config),
-        **{name: asdict(config) for name, config in configs.items()},
+        **{name: asdict(config) for name, config in configs.items() if config is not None},
         "fingerprints": fingerprints,
         "stage": stage,
     }

@@ -50,6 +50,7 @@ class Stage:
     # (model, tokenizer, config, runtime) -> more metrics for each evaluation (RL's pass@k), or None
     extra_eval: Callable[..., dict] | None = None
     settings: object | None = None     # the stage's own config dataclass, if it has one (RL's RLConfig)
+    check: Callable[..., None] | None = None  # config -> None, or a UserError for settings this stage refuses
 
 
 def warmup_constant_warmdown(progress: float, optim) -> float:
@@ -168,11 +169,18 @@ def rl_stage(settings: RLConfig | None = None) -> Stage:
                 for key, value in pass_at_k(engine, task, rl.rl_eval_problems, rl.rl_samples,
                                             rl.rl_max_tokens, seed=config.seed).items()}
 
+    def check(config):
+        if not (config.num_iterations or config.time_budget):  # tokens per parameter size pretraining, not RL
+            raise UserError("--stage rl needs a length: give --num-iterations N or --time-budget MINUTES")
+        if config.total_batch_size:  # its metrics describe one rollout batch per step
+            raise UserError("--stage rl takes one rollout batch per process per step; drop --total-batch-size "
+                            "(--device-batch-size sets the problems per batch)")
+
     # Eager: every rollout batch has another length, which would make torch.compile compile again and again.
     preset = {"device_batch_size": 8, "matrix_lr": 0.001, "embedding_lr": 0.01, "unembedding_lr": 0.0002,
               "warmdown_ratio": 1.0, "eval_every": 25, "compile": False}
     return Stage("rl", train_batches, val_batches, warmup_constant_warmdown, data_fingerprint, init_from="sft",
-                 preset=preset, extra_eval=extra_eval, settings=rl)
+                 preset=preset, extra_eval=extra_eval, settings=rl, check=check)
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"base": base_stage, "mid": mid_stage, "sft": sft_stage, "rl": rl_stage}

