@@ -164,6 +164,9 @@ def load_model_weights(model, checkpoint: dict) -> None:
 
 def restore(checkpoint: dict, model, optimizers: list, runtime: Runtime) -> tuple[dict, dict]:
     """Put weights, optimizer state and RNG back; returns (train state dict, this rank's loader state)."""
+    if "loaders" not in checkpoint:  # `picochat import` writes weights only
+        raise UserError("this checkpoint holds weights only (imported): it cannot be resumed; train the next "
+                        "stage from it, or start this stage again without --resume")
     loaders = checkpoint["loaders"]
     if len(loaders) != runtime.world_size:
         raise UserError(f"checkpoint was written by {len(loaders)} process(es); resume with the same number "

@@ -18,11 +18,13 @@ from picochat.common import UserError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, choices: tuple | None = None, const: Any = None, short: str = "") -> Any:
+def option(default: Any, help: str, choices: tuple | None = None, const: Any = None, short: str = "",
+           positional: bool = False) -> Any:
     """A dataclass field with a one-line help. `const` lets the flag be given bare (`--resume`); `short`
-    adds a one-letter alias (`-p`)."""
+    adds a one-letter alias (`-p`); `positional` also takes it as the command's bare argument
+    (`picochat export DIR`)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "const": const,
-                                                        "short": short})
+                                                        "short": short, "positional": positional})
 
 
 def field_names(cls: type | None) -> set[str]:
@@ -67,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs.update(nargs="?", const=meta["const"])
         names = [meta["short"]] if meta.get("short") else []
         parser.add_argument(*names, flag_name(field.name), dest=field.name, **kwargs)
+        if meta.get("positional"):  # also the command's bare argument: `picochat export DIR`
+            parser.add_argument(field.name, nargs="?", default=argparse.SUPPRESS, metavar=field.name.upper(),
+                                help=f"same as {flag_name(field.name)}")
 
 
 def build(cls: type[T], args: argparse.Namespace | dict | None = None, preset: dict | None = None) -> T:

@@ -22,7 +22,7 @@ import torch
 
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
-from picochat.common import UserError
+from picochat.common import IGNORE_INDEX, UserError
 from picochat.runtime import Runtime
 from picochat.model import GPT, GPTConfig
 from picochat.tokenizer import Tokenizer
@@ -207,6 +207,32 @@ class Engine:
         elif row.expression is not None:
             row.expression.append(token)
         return token
+
+    @torch.no_grad()
+    def score(self, sequences: list[tuple[list[int], int]], top: int = 1) -> list[list[tuple[float, list]]]:
+        """Teacher-forced scoring: for each (ids, start), every token from position start on as (its log-
+        probability given the tokens before it, the `top` likeliest tokens there as [(id, logprob)]). The
+        CORE eval and the server's completion logprobs both read it. Sequences are right-padded into one
+        batch (causal attention: padding after a sequence changes nothing in it), and the vocab-sized head
+        runs on the scored positions only."""
+        width = max(len(ids) for ids, _ in sequences) - 1
+        inputs = torch.zeros(len(sequences), width, dtype=torch.long)
+        targets = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, start) in enumerate(sequences):
+            inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[row, start - 1:len(ids) - 1] = torch.tensor(ids[start:])
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # row-major: each row's tokens in order
+        device = self.runtime.device
+        with self.runtime.autocast():
+            hidden = self.model.trunk(inputs.to(device))
+            logits = self.model.capped_logits(hidden[rows.to(device), cols.to(device)])  # (scored tokens, V)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logprobs.gather(1, targets[rows, cols].to(device)[:, None])[:, 0]
+        best, best_ids = logprobs.topk(top, dim=-1)
+        scored: list[list[tuple[float, list]]] = [[] for _ in sequences]
+        for row, logprob, ids, values in zip(rows.tolist(), chosen.tolist(), best_ids.tolist(), best.tolist()):
+            scored[row].append((logprob, list(zip(ids, values))))
+        return scored
 
     # ---- conveniences for callers that want text -----------------------------------------------------
 

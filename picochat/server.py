@@ -2,9 +2,12 @@
 
     picochat serve --port 8000        # then open http://127.0.0.1:8000, or point an OpenAI client at /v1
 
-Routes: GET / (the chat page, ui/index.html: no build step, no CDN), POST /v1/chat/completions (streamed
-as server-sent events or whole), GET /v1/models, GET /health. The model answers one request at a time
-(one CPU, one model); up to --max-queue requests wait their turn and more are turned away at once with 429.
+Routes: GET / (the chat page, ui/index.html: no build step, no CDN), POST /v1/chat/completions and
+POST /v1/completions (OpenAI's shapes, streamed as server-sent events or whole; text completions take text or
+token ids and give `echo` and `logprobs`, what lm-evaluation-harness scores with), POST /tokenize,
+POST /detokenize and GET /tokenizer_info (vLLM's shapes), GET /v1/models, GET /health. The model answers one
+request at a time (one CPU, one model); up to --max-queue requests wait their turn and more are turned away at
+once with 429.
 A client that goes away, streaming or not, stops its generation within one token and frees its place.
 
 Every limit holds before the work it bounds: the body's size before it is parsed, the number of characters
@@ -21,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator, Literal
 
@@ -39,6 +42,8 @@ MAX_TOTAL_CHARS = 100_000    # all messages together: bounds what the tokenizer 
 MAX_BODY_BYTES = 2_000_000   # MAX_TOTAL_CHARS of JSON even at 12 bytes a character (an escaped emoji)
 MAX_SAMPLES = 8
 MAX_STOPS = 4
+MAX_PROMPTS = 16             # text completions: prompts in one request
+MAX_LOGPROBS = 5             # as OpenAI: the likeliest tokens reported at each position
 
 
 @dataclass
@@ -103,13 +108,10 @@ class Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
-class ChatRequest(BaseModel):
-    """OpenAI's chat completion request, with the limits this server keeps."""
+class SamplingRequest(BaseModel):
+    """What chat and text completion requests share: OpenAI's sampling fields, with this server's limits."""
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, ...)
     model: str | None = None
-    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # not in OpenAI's API; the chat page uses it
@@ -119,6 +121,21 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def stop_strings(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOPS or not all(stops):
+            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings")
+        return stops
+
+
+class ChatRequest(SamplingRequest):
+    """OpenAI's chat completion request."""
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
     @field_validator("messages")
     @classmethod
     def bounded(cls, messages: list[Message]) -> list[Message]:
@@ -127,13 +144,32 @@ class ChatRequest(BaseModel):
             raise ValueError(f"the messages hold at most {MAX_TOTAL_CHARS} characters together, these {total}")
         return messages
 
-    @field_validator("stop")
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's (legacy) text completion request: one or more prompts, each text or token ids."""
+    prompt: list[str | list[int]]  # one prompt (text or token ids) or a list of them: a list once validated
+    max_tokens: int = Field(16, ge=0)  # 0 with echo: score the prompt only
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @field_validator("prompt", mode="before")
     @classmethod
-    def stop_strings(cls, stop: str | list[str] | None) -> list[str]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOPS or not all(stops):
-            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings")
-        return stops
+    def as_list(cls, prompt):
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
+            return [prompt]
+        if not isinstance(prompt, list):
+            raise ValueError("prompt is text, token ids, or a list of either")
+        return prompt
+
+    @field_validator("prompt")
+    @classmethod
+    def bounded(cls, prompts: list[str | list[int]]) -> list[str | list[int]]:
+        if not 1 <= len(prompts) <= MAX_PROMPTS or not all(prompts):
+            raise ValueError(f"prompt takes 1 to {MAX_PROMPTS} non-empty prompts (text or token ids)")
+        total = sum(len(p) for p in prompts)
+        if total > MAX_TOTAL_CHARS:
+            raise ValueError(f"the prompts hold at most {MAX_TOTAL_CHARS} characters or tokens together, these {total}")
+        return prompts
 
 
 def conversation(messages) -> dict:
@@ -174,8 +210,8 @@ def failure_body(error: Exception) -> dict:
     return error_body(f"the server failed while answering ({type(error).__name__}: {error})", "server_error")
 
 
-async def read_request(request) -> ChatRequest:
-    """The body as a ChatRequest. Reading stops at MAX_BODY_BYTES (413), so a huge body is never held or
+async def read_request(request, kind: type[BaseModel] = ChatRequest):
+    """The body as a `kind` request. Reading stops at MAX_BODY_BYTES (413), so a huge body is never held or
     parsed."""
     from starlette.requests import ClientDisconnect  # starlette comes with FastAPI, imported when serving
     body = bytearray()
@@ -187,7 +223,7 @@ async def read_request(request) -> ChatRequest:
     except ClientDisconnect:  # nobody is left to answer; say so in one line rather than a traceback in the log
         raise RequestError("the client hung up while sending its request") from None
     try:
-        return ChatRequest.model_validate_json(bytes(body))
+        return kind.model_validate_json(bytes(body))
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
@@ -202,26 +238,47 @@ async def read_request(request) -> ChatRequest:
 
 @dataclass
 class Job:
+    """One request's work: n samples of each prompt, a row per sample, prompt-major (OpenAI's choice order)."""
     engine: Engine
-    prompt: list[int]
+    prompts: list[list[int]]
     sampling: Sampling
     samples: int
     stops: list[str]
+    logprobs: int | None = None  # text completions: score each row's tokens, with this many alternatives
+    answer: bool = True          # False: max_tokens 0, the prompt is only scored
     generated: int = 0  # tokens generated for the rows still being answered: the usage count
+    tokens: list[list[int]] = field(default_factory=list)  # each row's tokens, as generated
+    scored: list = field(default_factory=list)  # each row's engine.score() of prompt + tokens, if asked
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.samples
+
+    def run(self, cancel: threading.Event) -> Iterator[tuple[int, str, str | None]]:
+        """events(), then the logprobs a text completion asked for: the model's own, teacher-forced over
+        each row's prompt and answer (one forward, in the same worker thread and model turn)."""
+        yield from self.events(cancel)
+        if self.logprobs is not None and not cancel.is_set():
+            sequences = [(self.prompts[row // self.samples] + self.tokens[row], 1) for row in range(self.rows)]
+            self.scored = self.engine.score(sequences, top=max(1, self.logprobs))
 
     def events(self, cancel: threading.Event) -> Iterator[tuple[int, str, str | None]]:
         """(row, text delta, finish reason or None) as tokens arrive; stop strings cut a row short. Text
         that could be the start of a stop string is held back until it is clear that it is not."""
-        streams = [TextStream(self.engine.tokenizer) for _ in range(self.samples)]
-        texts, sent, finished = [""] * self.samples, [0] * self.samples, [False] * self.samples
+        streams = [TextStream(self.engine.tokenizer) for _ in range(self.rows)]
+        texts, sent, finished = [""] * self.rows, [0] * self.rows, [False] * self.rows
+        self.tokens = [[] for _ in range(self.rows)]
         hold = max((len(stop) for stop in self.stops), default=1) - 1
-        for step in self.engine.generate([self.prompt], self.sampling, self.samples):
+        steps = self.engine.generate(self.prompts, self.sampling, self.samples) if self.answer else []
+        for step in steps:
             if cancel.is_set():
                 return
             for row, token in enumerate(step):
                 if finished[row]:
                     continue
                 self.generated += token is not None
+                if token is not None:
+                    self.tokens[row].append(token)
                 if token is None or token in self.engine.stop_ids:
                     texts[row] += streams[row].flush()
                     finished[row] = True
@@ -239,7 +296,7 @@ class Job:
                     sent[row] = upto
             if all(finished):
                 return
-        for row in range(self.samples):  # max_tokens reached
+        for row in range(self.rows):  # max_tokens reached
             if not finished[row]:
                 yield row, texts[row][sent[row]:] + streams[row].flush(), "length"
 
@@ -305,7 +362,7 @@ class Generation:
 
     def work(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            for event in self.job.events(self.cancel):
+            for event in self.job.run(self.cancel):
                 loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except Exception as error:  # handed to the reader, which reports it
             loop.call_soon_threadsafe(self.queue.put_nowait, error)
@@ -326,7 +383,7 @@ class Generation:
 
 def create_app(engine: Engine, config: ServeConfig | None = None):
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     config = config or ServeConfig()
     app = FastAPI(title="picochat", docs_url=None, redoc_url=None)
@@ -349,10 +406,23 @@ def create_app(engine: Engine, config: ServeConfig | None = None):
     async def models():
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "picochat"}]}
 
-    async def chat_completions(request: Request):  # a plain Starlette route: it reads (and bounds) its own body
-        body = await read_request(request)
-        job = await gate.prepare(lambda: make_job(engine, body, config))
-        generation, reply = Generation(job, gate, request.receive), Reply(model_id, job)
+    for path, kind, make, reply_class in (("/v1/chat/completions", ChatRequest, make_job, Reply),
+                                          ("/v1/completions", CompletionRequest, make_completion_job, CompletionReply)):
+        app.add_route(path, completion_route(engine, config, gate, model_id, kind, make, reply_class), methods=["POST"])
+    add_tokenizer_routes(app, engine)
+    return app
+
+
+def completion_route(engine: Engine, config: ServeConfig, gate: Gate, model_id: str, kind: type[SamplingRequest],
+                     make: Callable, reply_class: type[Reply]):
+    """The handler of a completions route: read and bound the body, admit it, then answer whole or streamed.
+    A plain Starlette route: it reads (and bounds) its own body."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    async def complete(request):
+        body = await read_request(request, kind)
+        job = await gate.prepare(lambda: make(engine, body, config))
+        generation, reply = Generation(job, gate, request.receive), reply_class(model_id, job, body)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(reply.stream(generation.events(), include_usage), media_type="text/event-stream")
@@ -362,9 +432,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None):
         except Exception as error:  # as in a stream: a UserError is the request's fault, the rest the server's
             return JSONResponse(failure_body(error), status_code=400 if isinstance(error, UserError) else 500)
         return JSONResponse(reply.whole())
-
-    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    return app
+    return complete
 
 
 def make_job(engine: Engine, body: ChatRequest, config: ServeConfig) -> Job:
@@ -373,16 +441,43 @@ def make_job(engine: Engine, body: ChatRequest, config: ServeConfig) -> Job:
         prompt = engine.prompt_ids(conversation(body.messages))
     except UserError as error:
         raise RequestError(str(error), "messages") from error
-    # The length it was trained on: the rotary table runs 10x further, into positions it never learned.
-    context = engine.model.config.sequence_len
-    if len(prompt) >= context:
-        raise RequestError(f"the messages are {len(prompt)} tokens; this model reads at most {context - 1} "
-                           f"(its context is {context} tokens, answer included)", "messages")
     wanted = body.max_completion_tokens or body.max_tokens or config.max_tokens
-    max_tokens = min(wanted, config.max_tokens, context - len(prompt))
-    check_kv_cache(engine, body.n, len(prompt) + max_tokens, config.kv_cache_mb)
+    max_tokens = answer_length(engine, [prompt], wanted, body.n, config, "messages")
     sampling = Sampling(body.temperature, body.top_k, body.top_p, max_tokens, body.seed)
-    return Job(engine, prompt, sampling, body.n, body.stop)
+    return Job(engine, [prompt], sampling, body.n, body.stop)
+
+
+def make_completion_job(engine: Engine, body: CompletionRequest, config: ServeConfig) -> Job:
+    """Each prompt as token ids behind <|bos|> (picochat's models read every text after it, as they were
+    trained; a prompt that starts with it keeps its own), held to the context and the KV-cache budget."""
+    if body.stream and body.logprobs is not None:
+        raise RequestError("logprobs are given with stream: false only", "logprobs")
+    bos, vocab = engine.tokenizer.bos_id, engine.tokenizer.vocab_size
+    prompts = []
+    for prompt in body.prompt:
+        if isinstance(prompt, str):
+            ids = engine.tokenizer.encode(prompt)
+        elif all(0 <= token < vocab for token in prompt):
+            ids = list(prompt)
+        else:
+            raise RequestError(f"prompt token ids must be in 0..{vocab - 1}", "prompt")
+        prompts.append(ids if ids and ids[0] == bos else [bos] + ids)
+    max_tokens = answer_length(engine, prompts, body.max_tokens, body.n, config, "prompt")
+    sampling = Sampling(body.temperature, body.top_k, body.top_p, max(1, max_tokens), body.seed)
+    return Job(engine, prompts, sampling, body.n, body.stop, body.logprobs, answer=max_tokens > 0)
+
+
+def answer_length(engine: Engine, prompts: list[list[int]], wanted: int, samples: int, config: ServeConfig,
+                  param: str) -> int:
+    """The answer's token budget: what was asked for, within --max-tokens and the context the model was
+    trained on (the rotary table runs 10x further, into positions it never learned); the KV cache checked."""
+    context, longest = engine.model.config.sequence_len, max(len(prompt) for prompt in prompts)
+    if longest >= context + (wanted == 0):  # a prompt that is only scored may fill the whole context
+        raise RequestError(f"the {param} is {longest} tokens; this model reads at most {context - 1} "
+                           f"(its context is {context} tokens, answer included)", param)
+    max_tokens = min(wanted, config.max_tokens, context - longest)
+    check_kv_cache(engine, len(prompts) * samples, longest + max_tokens, config.kv_cache_mb)
+    return max_tokens
 
 
 def check_kv_cache(engine: Engine, samples: int, length: int, budget_mb: float) -> None:
@@ -398,18 +493,19 @@ def check_kv_cache(engine: Engine, samples: int, length: int, budget_mb: float) 
 
 class Reply:
     """Builds OpenAI's chat.completion (whole) or chat.completion.chunk events (streamed)."""
+    prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
 
-    def __init__(self, model_id: str, job: Job):
-        self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model_id
-        self.job = job
-        self.texts, self.reasons = [""] * job.samples, [None] * job.samples
+    def __init__(self, model_id: str, job: Job, body: SamplingRequest):
+        self.id, self.created, self.model = f"{self.prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model_id
+        self.job, self.body = job, body
+        self.texts, self.reasons = [""] * job.rows, [None] * job.rows
 
     def add(self, row: int, delta: str, reason: str | None) -> None:
         self.texts[row] += delta
         self.reasons[row] = reason or self.reasons[row]
 
     def usage(self) -> dict:
-        prompt, completion = len(self.job.prompt), self.job.generated
+        prompt, completion = sum(len(p) for p in self.job.prompts), self.job.generated
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def whole(self) -> dict:
@@ -418,22 +514,117 @@ class Reply:
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": self.usage()}
 
+    def first_choice(self, row: int) -> dict:
+        return {"index": row, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+
+    def delta_choice(self, row: int, delta: str, reason: str | None) -> dict:
+        return {"index": row, "delta": {"content": delta} if delta else {}, "finish_reason": reason}
+
     def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+        body = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model,
                 "choices": choices}
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
     async def stream(self, events, include_usage: bool):
-        for index in range(len(self.texts)):
-            yield self.chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for row in range(len(self.texts)):
+            yield self.chunk([self.first_choice(row)])
         try:
             async for row, delta, reason in events:
                 self.add(row, delta, reason)
-                yield self.chunk([{"index": row, "delta": {"content": delta} if delta else {}, "finish_reason": reason}])
+                yield self.chunk([self.delta_choice(row, delta, reason)])
             if include_usage:
                 yield self.chunk([], self.usage())
         except Exception as error:  # the 200 is sent: the stream itself says what went wrong, as OpenAI's does
             yield f"data: {json.dumps(failure_body(error))}\n\n"
         yield "data: [DONE]\n\n"
+
+
+class CompletionReply(Reply):
+    """OpenAI's text_completion: each choice's text (after its prompt's, with echo) and, when asked for,
+    its logprobs: tokens, token_logprobs, top_logprobs and text_offset, for the prompt's tokens too with
+    echo. The first token of a prompt that began with <|bos|> has none; the <|bos|> the server put in
+    front of a prompt is not shown."""
+    prefix, chunk_object = "cmpl", "text_completion"
+
+    def prompt_of(self, row: int) -> tuple[list[int], str]:
+        """The prompt's tokens as the client gave them, and their text."""
+        prompt = self.job.prompts[row // self.job.samples]
+        given = self.body.prompt[row // self.job.samples]
+        shown = prompt if not isinstance(given, str) and given[0] == prompt[0] else prompt[1:]
+        return shown, given if isinstance(given, str) else self.job.engine.tokenizer.decode(shown)
+
+    def whole(self) -> dict:
+        choices = []
+        for row, (text, reason) in enumerate(zip(self.texts, self.reasons)):
+            _, prompt_text = self.prompt_of(row)
+            choices.append({"index": row, "text": prompt_text + text if self.body.echo else text,
+                            "logprobs": self.logprobs(row), "finish_reason": reason})
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": self.usage()}
+
+    def logprobs(self, row: int) -> dict | None:
+        if self.body.logprobs is None:
+            return None
+        decode = self.job.engine.tokenizer.decode
+        shown, prompt_text = self.prompt_of(row)
+        answer, scored = self.job.tokens[row], self.job.scored[row]  # scored: every token after the first
+        entries = ([None] if len(shown) == len(scored) + 1 - len(answer) else []) + scored
+        if not self.body.echo:
+            shown, entries = [], entries[len(entries) - len(answer):]
+        tokens = [decode([token]) for token in shown + answer]
+        offsets = [0 if self.body.echo else len(prompt_text)]
+        for token in tokens[:-1]:
+            offsets.append(offsets[-1] + len(token))
+        return {"tokens": tokens, "token_logprobs": [entry and entry[0] for entry in entries],
+                "top_logprobs": [entry and {decode([i]): lp for i, lp in entry[1][:self.body.logprobs]}
+                                 for entry in entries], "text_offset": offsets[:len(tokens)]}
+
+    def first_choice(self, row: int) -> dict:
+        text = self.prompt_of(row)[1] if self.body.echo else ""
+        return {"index": row, "text": text, "logprobs": None, "finish_reason": None}
+
+    def delta_choice(self, row: int, delta: str, reason: str | None) -> dict:
+        return {"index": row, "text": delta, "logprobs": None, "finish_reason": reason}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tokenizer, as vLLM serves it (lm-evaluation-harness's remote tokenizer reads these)
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: str = Field(max_length=MAX_TOTAL_CHARS)
+    add_special_tokens: bool = True  # put <|bos|> in front, as the completions route does
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tokens: list[int] = Field(max_length=MAX_TOTAL_CHARS)
+
+
+def add_tokenizer_routes(app, engine: Engine) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    tokenizer, context = engine.tokenizer, engine.model.config.sequence_len
+
+    async def tokenize(request: Request):  # plain Starlette routes, as the completions: they bound their bodies
+        body = await read_request(request, TokenizeRequest)
+        ids = await asyncio.to_thread(tokenizer.encode_special, body.prompt)
+        ids = [tokenizer.bos_id] + ids if body.add_special_tokens and ids[:1] != [tokenizer.bos_id] else ids
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": context})
+
+    async def detokenize(request: Request):
+        body = await read_request(request, DetokenizeRequest)
+        if not all(0 <= token < tokenizer.vocab_size for token in body.tokens):
+            raise RequestError(f"token ids must be in 0..{tokenizer.vocab_size - 1}", "tokens")
+        return JSONResponse({"prompt": tokenizer.decode(body.tokens)})
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return {"tokenizer_class": "picochat", "bos_token": "<|bos|>", "eos_token": "<|assistant_end|>",
+                "pad_token": None, "model_max_length": context}
+
+    app.add_route("/tokenize", tokenize, methods=["POST"])
+    app.add_route("/detokenize", detokenize, methods=["POST"])

@@ -102,6 +102,11 @@ class Tokenizer:
         ids = self.encoding.encode_ordinary(text)  # special-token text in documents stays plain text
         return [self.bos_id] + ids if prepend_bos else ids
 
+    def encode_special(self, text: str) -> list[int]:
+        """Special tokens written out as text ("<|bos|>") become their ids: for the server's /tokenize, where
+        a client asks what picochat's tokens are."""
+        return self.encoding.encode(text, allowed_special="all")
+
     def encode_batch(self, texts: list[str], prepend_bos: bool = False, num_threads: int = 4) -> list[list[int]]:
         batch = self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
         return [[self.bos_id] + ids for ids in batch] if prepend_bos else batch

@@ -1,4 +1,4 @@
-"""Run by test_train.py under torchrun (2 processes, gloo): a few training steps on fixed batches with the
+"""Run by test_step.py under torchrun (2 processes, gloo): a few training steps on fixed batches with the
 gradients summed over ranks as the training loop does, once per --grad-sync mode (overlap: DDP; after:
 all-reduces), with one micro-batch per rank and with two (gradient accumulation: DDP's no_sync path); then rank 0 repeats them in one process with
 gradient accumulation over both ranks' batches. Rank 1 starts from other weights: prepare_model must

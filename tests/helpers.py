@@ -1,5 +1,5 @@
 """Helpers the test modules share (fixtures live in conftest.py): tiny training flags, running
-`picochat train` in process or as a subprocess, and reading a run's metrics."""
+`picochat train` in process or as a subprocess, reading a run's metrics, and a model that follows a script."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from picochat import config as cfg
+from picochat.chat import render_conversation
 from picochat.checkpoint import checkpoint_dir
+from picochat.model import GPTConfig
 from picochat.optim import OptimConfig
 from picochat.progress import read_metrics
+from picochat.tasks.core import core_tasks
 from picochat.train import TrainConfig
 
 # A model and batch small enough that a step takes milliseconds.
@@ -59,3 +64,34 @@ def error_line(capsys) -> str:
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("picochat: error: ")
     return lines[0]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for the GPT: at generation step i it puts all probability on script[row][i]."""
+
+    def __init__(self, vocab_size: int, scripts: list[list[int]], prompt_len: int):
+        super().__init__()
+        self.config = GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=1, n_embd=8, n_head=1, n_kv_head=1)
+        self.register_buffer("cos", torch.zeros(1, 640, 1, 4))
+        self.scripts, self.prompt_len = scripts, prompt_len
+
+    def next_logits(self, ids, kv_cache):
+        kv_cache.pos += ids.size(1)
+        step = kv_cache.pos - self.prompt_len  # 0 right after the prefill
+        logits = torch.full((ids.size(0), self.config.vocab_size), -1e9)
+        for row in range(ids.size(0)):
+            script = self.scripts[row % len(self.scripts)]
+            logits[row, script[min(step, len(script) - 1)]] = 0.0
+        return logits
+
+
+def assert_chat_examples(task, tokenizer) -> None:
+    for example in (task[i] for i in range(len(task))):
+        roles = [message["role"] for message in example["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        ids, mask = render_conversation(tokenizer, example)
+        assert mask[-1] == 1 and 0 < sum(mask) < len(ids)  # the assistant's answer is trained, the rest not
+
+
+def core_task(name: str):
+    return next(task for task in core_tasks() if task.name == name)

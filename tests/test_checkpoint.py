@@ -1,5 +1,6 @@
 """Checkpoints: keep-last pruning, payload round trip (weights, optimizers, RNG), fingerprints, setting old
-files aside, and the one-run-per-stage lock (in process, across a kill -9, and between two real runs).
+files aside, the one-run-per-stage lock (in process, across a kill -9, and between two real runs), and
+loading a checkpoint for inference (load_model: its weights, the tokenizer it needs, corrupt files).
 
     python -m pytest tests/test_checkpoint.py
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,15 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import losses, train_cli
-from picochat.checkpoint import (StageLock, check_fingerprints, list_checkpoints, load_checkpoint, make_payload,
-                                 restore, save_checkpoint, set_aside_newer, set_aside_previous_run)
+from helpers import TINY, flags_dict, losses, train_cli
+from picochat.checkpoint import (StageLock, check_fingerprints, list_checkpoints, load_checkpoint, load_model,
+                                 make_payload, restore, save_checkpoint, set_aside_newer, set_aside_previous_run)
 from picochat.common import UserError
 from picochat.runtime import Runtime
 from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.step import train_step
-from picochat.train import TrainConfig, TrainState
+from picochat.tokenizer import Tokenizer
+from picochat.train import TrainConfig, TrainState, run
 from picochat.data.loader import Batch
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
@@ -171,3 +174,45 @@ def test_a_second_training_run_on_the_same_stage_is_refused(fresh_home):
     assert first.wait(timeout=120) == 0
     stopped_at = load_checkpoint(list_checkpoints(out)[-1])["train_state"]["step"]
     assert sorted(losses(fresh_home)) == list(range(1, stopped_at + 1))  # one run's metrics, no second writer
+
+
+# ---- loading a checkpoint for inference ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory, tiny_home):
+    home = tmp_path_factory.mktemp("engine") / "home"
+    shutil.copytree(tiny_home, home)
+    run(flags_dict(*TINY, "--num-iterations", "4", "--save-every", "2", "--keep-last", "3", "--home", str(home)))
+    return home
+
+
+def test_load_model_gives_the_checkpoint_weights_in_eval_mode(trained_home):
+    model, tokenizer, info = load_model(trained_home)
+    assert info["stage"] == "base" and info["step"] == 4 and not model.training
+    saved = torch.load(trained_home / "checkpoints" / "base" / "step_000004.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
+    assert tokenizer.vocab_size == model.config.vocab_size
+    assert load_model(trained_home, source="base", step=2)[2]["step"] == 2
+
+
+def test_load_model_without_a_checkpoint_says_how_to_make_one(tiny_home):
+    with pytest.raises(UserError, match=r"no base checkpoint in .*; create one with `picochat train --stage base`"):
+        load_model(tiny_home)
+    with pytest.raises(UserError, match="`picochat train --stage sft`"):
+        load_model(tiny_home, source="sft")
+
+
+def test_load_model_refuses_a_tokenizer_of_another_vocab(trained_home, tmp_path, corpus_documents):
+    home = shutil.copytree(trained_home, tmp_path / "home")
+    Tokenizer.train((d.text for d in corpus_documents), 300).save(home / "tokenizer")
+    with pytest.raises(UserError, match="has 300 tokens but .* was trained with 512"):
+        load_model(home)
+
+
+def test_load_model_falls_back_past_a_corrupt_checkpoint(trained_home, tmp_path, capsys):
+    home = shutil.copytree(trained_home, tmp_path / "home")
+    newest = home / "checkpoints" / "base" / "step_000004.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    assert load_model(home)[2]["step"] == 2
+    assert "falling back to the previous checkpoint" in capsys.readouterr().out

@@ -90,32 +90,3 @@ def test_a_plain_document_is_all_targets(tiny_tokenizer):
     assert (targets[0] == IGNORE_INDEX).sum() == 1  # only the second document's <|bos|> is not a target
 
 
-def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
-    from picochat.stages import chat_mixture, mid_mixture, sft_mixture
-    from picochat.train import TrainConfig
-    config = TrainConfig(home=str(tiny_home))
-    for split in ("train", "eval"):
-        chat = [(task.name, weight) for task, weight in chat_mixture(config, split)]
-        mid = [(task.name, weight) for task, weight in mid_mixture(config, split)]
-        sft = [(task.name, weight) for task, weight in sft_mixture(config, split)]
-        assert mid == chat + [("pretraining_text", 1.0)] and sft == chat + [("pretraining_text", 0.5)]
-        assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee", "spelling",
-                "identity", "multi_turn"} <= {name for name, _ in chat}
-
-
-def test_downloaded_datasets_join_only_where_their_split_was_fetched(tmp_path, monkeypatch):
-    from picochat.data.hub import hub_dir
-    from picochat.tasks import gsm8k, online, smoltalk
-    made = []
-    monkeypatch.setattr(online, "ONLINE_DATASETS", {
-        name: (module, lambda home, split, name=module.REPO: made.append(name) or name)
-        for name, (module, _) in online.ONLINE_DATASETS.items()})
-    for module in (smoltalk, gsm8k):  # fetched; mmlu_auxiliary was not
-        for path in module.FILES.values():
-            (hub_dir(tmp_path) / module.REPO / path).parent.mkdir(parents=True, exist_ok=True)
-            (hub_dir(tmp_path) / module.REPO / path).touch()
-    assert online.downloaded_tasks(tmp_path, "train") == [smoltalk.REPO, gsm8k.REPO]
-    assert online.downloaded_tasks(tmp_path, "eval") == [smoltalk.REPO]  # GSM8K test is an eval
-    made.clear()
-    assert online.downloaded_tasks(tmp_path, "train", names=("gsm8k",)) == [gsm8k.REPO]
-    assert made == [gsm8k.REPO]  # SmolTalk is not even read

@@ -1,4 +1,4 @@
-"""The engine: loading a checkpoint, KV-cached decoding (= the full forward), sampling, independent rows,
+"""The engine: KV-cached decoding (= the full forward), sampling, independent rows,
 the calculator tool inside generation, and text streaming that never splits a character.
 
     python -m pytest tests/test_engine.py
@@ -6,21 +6,18 @@ the calculator tool inside generation, and text streaming that never splits a ch
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 
-from helpers import TINY, flags_dict
+from helpers import ScriptedModel
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
 from picochat.common import UserError
 from picochat.runtime import Runtime
-from picochat.checkpoint import load_model
 from picochat.engine import Engine, Row, Sampling, TextStream
 from picochat.model import GPT, GPTConfig
 from picochat.tokenizer import Tokenizer
-from picochat.train import run
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 
@@ -110,25 +107,6 @@ def test_top_k_one_is_greedy_and_top_p_keeps_at_least_one_token(engine):
     assert engine.complete([prompt], Sampling(temperature=1.0, top_k=1, max_tokens=15, seed=3))[0]["tokens"] == greedy
     assert engine.complete([prompt], Sampling(temperature=1.0, top_k=0, top_p=1e-6, max_tokens=15,
                                             seed=3))[0]["tokens"] == greedy
-
-
-class ScriptedModel(torch.nn.Module):
-    """Stands in for the GPT: at generation step i it puts all probability on script[row][i]."""
-
-    def __init__(self, vocab_size: int, scripts: list[list[int]], prompt_len: int):
-        super().__init__()
-        self.config = GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=1, n_embd=8, n_head=1, n_kv_head=1)
-        self.register_buffer("cos", torch.zeros(1, 640, 1, 4))
-        self.scripts, self.prompt_len = scripts, prompt_len
-
-    def next_logits(self, ids, kv_cache):
-        kv_cache.pos += ids.size(1)
-        step = kv_cache.pos - self.prompt_len  # 0 right after the prefill
-        logits = torch.full((ids.size(0), self.config.vocab_size), -1e9)
-        for row in range(ids.size(0)):
-            script = self.scripts[row % len(self.scripts)]
-            logits[row, script[min(step, len(script) - 1)]] = 0.0
-        return logits
 
 
 def scripted_engine(tokenizer: Tokenizer, scripts: list[list[int]], prompt: list[int]) -> Engine:
@@ -223,50 +201,3 @@ def test_sampling_settings_are_checked():
 def test_a_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(UserError, match="exceeds the model's context"):
         list(engine.generate([[1] * 600], Sampling(max_tokens=100)))
-
-
-# ---- loading a checkpoint ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained_home(tmp_path_factory, tiny_home):
-    home = tmp_path_factory.mktemp("engine") / "home"
-    shutil.copytree(tiny_home, home)
-    run(flags_dict(*TINY, "--num-iterations", "4", "--save-every", "2", "--keep-last", "3", "--home", str(home)))
-    return home
-
-
-def test_load_model_gives_the_checkpoint_weights_in_eval_mode(trained_home):
-    model, tokenizer, info = load_model(trained_home)
-    assert info["stage"] == "base" and info["step"] == 4 and not model.training
-    saved = torch.load(trained_home / "checkpoints" / "base" / "step_000004.pt", weights_only=True)["model"]
-    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
-    assert tokenizer.vocab_size == model.config.vocab_size
-    assert load_model(trained_home, source="base", step=2)[2]["step"] == 2
-
-
-def test_load_model_without_a_checkpoint_says_how_to_make_one(tiny_home):
-    with pytest.raises(UserError, match=r"no base checkpoint in .*; create one with `picochat train --stage base`"):
-        load_model(tiny_home)
-    with pytest.raises(UserError, match="`picochat train --stage sft`"):
-        load_model(tiny_home, source="sft")
-
-
-def test_load_model_refuses_a_tokenizer_of_another_vocab(trained_home, tmp_path, corpus_documents):
-    home = shutil.copytree(trained_home, tmp_path / "home")
-    Tokenizer.train((d.text for d in corpus_documents), 300).save(home / "tokenizer")
-    with pytest.raises(UserError, match="has 300 tokens but .* was trained with 512"):
-        load_model(home)
-
-
-def test_load_model_falls_back_past_a_corrupt_checkpoint(trained_home, tmp_path, capsys):
-    home = shutil.copytree(trained_home, tmp_path / "home")
-    newest = home / "checkpoints" / "base" / "step_000004.pt"
-    newest.write_bytes(newest.read_bytes()[:500])
-    assert load_model(home)[2]["step"] == 2
-    assert "falling back to the previous checkpoint" in capsys.readouterr().out
-
-
-def test_inference_runs_in_fp32_on_a_cpu_unless_asked_otherwise():
-    from picochat.runtime import inference_runtime
-    assert inference_runtime("cpu", "auto").dtype == torch.float32
-    assert inference_runtime("cpu", "bfloat16").dtype == torch.bfloat16

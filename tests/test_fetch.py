@@ -1,7 +1,7 @@
-"""http.py's "is it already here?" side, which FineWeb (manifest) and the hub datasets (sidecar) share.
+"""data/fetch.py's "is it already here?" side, which FineWeb (manifest) and the hub datasets (sidecar) share.
 
 The transfers themselves (retries, Range resume, published sha256) are tested against fake servers in
-test_download.py and test_hub_tasks.py. Run alone with `python -m pytest tests/test_fetch.py`.
+test_download.py and test_hub.py. Run alone with `python -m pytest tests/test_fetch.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fused lm_head + soft-cap + cross-entropy: value and gradients against plain PyTorch, masking.
+"""The fused lm_head + soft-cap + cross-entropy: value and gradients against plain PyTorch, masking, and
+per-token weights (RL's advantages).
 
     python -m pytest tests/test_loss.py
 """
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from picochat.common import IGNORE_INDEX
 from picochat.loss import linear_cross_entropy
+from picochat.model import GPT, GPTConfig
 
 
 def reference_loss(x, weight, targets, softcap):
@@ -84,3 +86,22 @@ def test_compiled_model_gets_the_gradients_of_the_eager_one():
     eager, compiled = grads
     assert eager.norm() > 0
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_the_weighted_loss_is_the_sum_of_weighted_token_losses():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=1, n_embd=32, n_head=1, n_kv_head=1))
+    inputs, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    weights = torch.randn(2, 16)
+    per_token = model(inputs, targets, reduction="none")
+    weighted = model(inputs, targets, token_weights=weights)
+    assert weighted.item() == pytest.approx((per_token * weights).sum().item(), rel=1e-5)
+    weighted.backward()
+    fused = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(inputs)
+    reference = (torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+                 * weights.flatten()).sum()
+    reference.backward()
+    for a, p in zip(fused, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)

@@ -1,7 +1,8 @@
 """RL on verifiable rewards: group advantages, which tokens are trained (sampled, not prompt or tool
-output) and with what weight, the token counts behind tok/s and MFU, the weighted fused loss, reward
-rising on a learnable task, the required run length, exact resume of the real stage, and the stage end to
-end after SFT, also under torchrun (this file is then its worker too).
+output) and with what weight, the token counts behind tok/s and MFU, reward rising on a learnable task,
+exact resume of the real stage, and the stage end to end after SFT, also under torchrun (this file is then
+its worker too). The weighted loss is tested in tests/test_loss.py, the settings RL refuses in
+tests/test_stages.py.
 
     python -m pytest tests/test_rl.py
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, error_line, flags_dict, step_records, train_cli
+from helpers import TINY, ScriptedModel, flags_dict, step_records, train_cli
 from picochat import cli
 from picochat.chat import render_for_completion
 from picochat.checkpoint import checkpoint_dir, load_latest
@@ -36,7 +37,6 @@ from picochat.tasks import Task, final_number
 from picochat.perf import step_work
 from picochat.step import train_step
 from picochat.train import run
-from test_engine import ScriptedModel
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 
@@ -123,25 +123,6 @@ def test_a_rollout_trains_what_the_policy_wrote_and_counts_the_tokens_it_ran(tin
     assert flops == pytest.approx(300.0 * (stats["rollout_tokens"] / 3 + stats["update_tokens"]))
 
 
-def test_the_weighted_loss_is_the_sum_of_weighted_token_losses():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=1, n_embd=32, n_head=1, n_kv_head=1))
-    inputs, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
-    weights = torch.randn(2, 16)
-    per_token = model(inputs, targets, reduction="none")
-    weighted = model(inputs, targets, token_weights=weights)
-    assert weighted.item() == pytest.approx((per_token * weights).sum().item(), rel=1e-5)
-    weighted.backward()
-    fused = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    logits = model(inputs)
-    reference = (torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-                 * weights.flatten()).sum()
-    reference.backward()
-    for a, p in zip(fused, model.parameters()):
-        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
-
-
 def test_the_reward_rises_on_a_learnable_task(tiny_tokenizer):
     """SFT teaches the tiny model to say some digit; RL then makes it say 7 (reward 1/10 by chance)."""
     engine = tiny_engine(tiny_tokenizer)
@@ -160,18 +141,6 @@ def test_the_reward_rises_on_a_learnable_task(tiny_tokenizer):
         rewards.append(rollouts.last_stats["reward"])
     early, late = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert early < 0.5 and late > early + 0.3, rewards
-
-
-@pytest.mark.parametrize("flags, names", [([], ("--num-iterations", "--time-budget")),
-                                          (["--target-param-data-ratio", "20"], ("--num-iterations", "--time-budget")),
-                                          (["--num-iterations", "3", "--total-batch-size", "4096"],
-                                           ("--total-batch-size",))])
-def test_the_rl_stage_needs_a_length_and_no_token_batch(flags, names, tmp_path, capsys):
-    """RL is never sized by tokens per parameter; it fails at once, before it touches the home."""
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--stage", "rl", "--home", str(tmp_path), *flags])
-    line = error_line(capsys)
-    assert all(name in line for name in names) and not any(tmp_path.iterdir())
 
 
 def sft_home(home) -> list[str]:

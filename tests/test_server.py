@@ -1,6 +1,7 @@
 """`picochat serve` on 127.0.0.1: the OpenAI client (whole and streamed), the chat page in headless
 Chromium, bad requests and the server's limits (4xx, and the server keeps serving), the bounded queue,
-hang-ups, errors inside a stream, stop strings.
+hang-ups, errors inside a stream, stop strings; text completions with echo and logprobs, the tokenizer
+routes, and lm-evaluation-harness scoring through them.
 
     python -m pytest tests/test_server.py
 """
@@ -12,6 +13,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +26,10 @@ import pytest
 from helpers import TINY, flags_dict
 from picochat.runtime import Runtime
 from picochat.checkpoint import load_engine
-from picochat.engine import Engine
+from picochat.engine import Engine, Sampling
 from picochat import server as serving
 from picochat.server import conversation, create_app, Message, ServeConfig
+from picochat.tasks.core import core_items, core_tasks
 from picochat.train import run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -408,3 +412,170 @@ def test_a_client_that_hangs_up_while_sending_gets_one_line_not_a_traceback():
 
     with pytest.raises(serving.RequestError, match="the client hung up while sending its request"):
         asyncio.run(serving.read_request(HungUp()))
+
+
+# ---- text completions, logprobs and the tokenizer routes ------------------------------------------------
+
+def test_openai_client_text_completion_is_the_engines_greedy_text(server, engine):
+    """A text prompt is read behind <|bos|>, as the model was trained; token ids give the same answer."""
+    api, ids = client(server), engine.tokenizer.encode("The cat sat")
+    answer = api.completions.create(model="picochat", prompt="The cat sat", max_tokens=10, temperature=0)
+    expected = engine.complete([[engine.tokenizer.bos_id] + ids], sampling(temperature=0, max_tokens=10))[0]
+    assert answer.object == "text_completion" and answer.choices[0].text == expected["text"]
+    assert answer.usage.prompt_tokens == len(ids) + 1 and answer.usage.completion_tokens == len(expected["tokens"])
+    assert api.completions.create(model="x", prompt=ids, max_tokens=10, temperature=0).choices[0].text == expected["text"]
+    streamed = api.completions.create(model="x", prompt="The cat sat", max_tokens=10, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == expected["text"]
+
+
+def test_echo_and_logprobs_are_the_engines_own_scores(server, engine):
+    """What lm-evaluation-harness reads: each prompt token's logprob given the tokens before it (the first
+    of a prompt that brings its own <|bos|> has none), and the likeliest tokens at each position."""
+    tokenizer, ids = engine.tokenizer, engine.tokenizer.encode("The cat sat on the mat")
+    response = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "prompt": [ids, [tokenizer.bos_id] + ids], "max_tokens": 0, "echo": True, "logprobs": 2}).json()
+    hidden, given = (choice["logprobs"] for choice in response["choices"])
+    scored = engine.score([([tokenizer.bos_id] + ids, 1)], top=2)[0]
+    assert hidden["token_logprobs"] == pytest.approx([logprob for logprob, _ in scored], abs=1e-5)
+    assert given["token_logprobs"][0] is None and given["token_logprobs"][1:] == pytest.approx(hidden["token_logprobs"])
+    assert hidden["tokens"] == [tokenizer.decode([token]) for token in ids]
+    assert "".join(hidden["tokens"]) == response["choices"][0]["text"] == "The cat sat on the mat"
+    for top, (logprob, best) in zip(hidden["top_logprobs"], scored):
+        assert len(top) <= 2 and max(top.values()) == pytest.approx(best[0][1], abs=1e-5)
+        assert best[0][1] >= logprob - 1e-5
+    assert hidden["text_offset"] == [sum(len(t) for t in hidden["tokens"][:i]) for i in range(len(ids))]
+    answer = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "prompt": ids, "max_tokens": 3, "temperature": 0, "logprobs": 1}).json()["choices"][0]
+    assert len(answer["logprobs"]["tokens"]) == len(answer["logprobs"]["token_logprobs"]) <= 3
+    assert answer["logprobs"]["text_offset"][0] == len("The cat sat on the mat")
+
+
+def test_several_prompts_and_samples_come_back_prompt_major(server):
+    body = {"prompt": ["a b", "c d"], "n": 2, "max_tokens": 4, "temperature": 1, "seed": 3}
+    first = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    again = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    assert [choice["index"] for choice in first["choices"]] == [0, 1, 2, 3]
+    assert [c["text"] for c in first["choices"]] == [c["text"] for c in again["choices"]]  # the seed holds
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": []}, "prompt takes 1 to 16 non-empty prompts"), ({"prompt": ["a"] * 17}, "1 to 16"),
+    ({"prompt": [""]}, "non-empty"), ({"prompt": [[10**9]]}, "prompt token ids must be in 0.."),
+    ({"prompt": "x", "logprobs": 6}, "(logprobs)"), ({"prompt": "x", "max_tokens": -1}, "(max_tokens)"),
+    ({"prompt": "x", "logprobs": 1, "stream": True}, "logprobs are given with stream: false only"),
+    ({"prompt": "x " * 200}, "this model reads at most 127"), ({"prompt": 5}, "prompt is text, token ids, or a list of either (prompt)"),
+    ({"prompt": ["a"] * 8, "n": 8, "max_tokens": 64}, "over this server's 0.1 MB a request (--kv-cache-mb)"),
+])
+def test_bad_completion_requests_get_400_naming_the_problem(server, body, message):
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
+
+
+def test_tokenize_and_detokenize_round_trip(server, engine):
+    tokenizer = engine.tokenizer
+    tokens = httpx.post(server.url + "/tokenize", json={"prompt": "Hi there", "add_special_tokens": False}).json()
+    assert tokens["tokens"] == tokenizer.encode("Hi there") and tokens["max_model_len"] == 128
+    assert httpx.post(server.url + "/tokenize", json={"prompt": "Hi"}).json()["tokens"][0] == tokenizer.bos_id
+    special = httpx.post(server.url + "/tokenize", json={"prompt": "<|assistant_end|>", "add_special_tokens": False})
+    assert special.json()["tokens"] == [tokenizer.special("<|assistant_end|>")]  # how lm-eval finds the eos id
+    assert httpx.post(server.url + "/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": "Hi there"}
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["bos_token"] == "<|bos|>" and info["eos_token"] == "<|assistant_end|>"
+    for route, body in (("/detokenize", {"tokens": [-1]}), ("/detokenize", {"tokens": "x"}), ("/tokenize", {})):
+        assert httpx.post(server.url + route, json=body).status_code == 400
+
+
+# ---- lm-evaluation-harness drives /v1/completions against `picochat serve` ----------------------------------------------------------
+
+def picochat_serve(home: Path, tmp_path: Path):
+    """`picochat serve` in its own process on a free port of 127.0.0.1: (process, base URL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "picochat.cli", "serve", "--home", str(home), "--port", str(port),
+                                "--source", "base", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while True:
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "picochat serve did not start"
+            time.sleep(0.2)
+
+
+def write_lm_eval_tasks(directory: Path, choice_items: list[dict], text_items: list[dict]) -> None:
+    """Two lm-eval task files over local JSON lines: a multiple-choice task (loglikelihoods) and a
+    generative one (greedy answers cut at a newline)."""
+    for name, items in (("mc", choice_items), ("gen", text_items)):
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    common = "dataset_path: json\ntest_split: train\n"
+    (directory / "picochat_mc.yaml").write_text(
+        f"task: picochat_mc\n{common}dataset_kwargs:\n  data_files: {{train: {directory / 'mc.jsonl'}}}\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+    (directory / "picochat_gen.yaml").write_text(
+        f"task: picochat_gen\n{common}dataset_kwargs:\n  data_files: {{train: {directory / 'gen.jsonl'}}}\n"
+        "output_type: generate_until\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{target}}'\n"
+        "target_delimiter: ''\ngeneration_kwargs:\n  until: ['\\n']\n  max_gen_toks: 12\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n")
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_through_the_server_as_picochat_does(served_home, tmp_path, monkeypatch):
+    """lm-evaluation-harness's local-completions model, with its remote tokenizer (/tokenize, /detokenize,
+    /tokenizer_info), runs a multiple-choice and a generative task from the offline eval data against
+    `picochat serve`. Each loglikelihood it computes equals the engine's own for the same context and
+    continuation, its greedy answers are the engine's, and so its accuracies are picochat's."""
+    lm_eval = pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the task files are local; nothing may reach for the Hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lm_eval.tasks import TaskManager
+    engine = load_engine(served_home, source="base", quiet=True)
+    items = [item for task in core_tasks() if task.kind == "multiple_choice" for item in core_items(served_home, task)]
+    choice_items = [{"context": item["contexts"][0], "choices": item["continuations"], "answer": item["answer"]}
+                    for item in items]
+    text_items = [{"context": item["contexts"][0][-200:], "target": item["continuations"][item["answer"]]}
+                  for item in items[:12]]
+    write_lm_eval_tasks(tmp_path, choice_items, text_items)
+    process, url = picochat_serve(served_home, tmp_path)
+    try:
+        out = lm_eval.simple_evaluate(
+            model="local-completions", tasks=["picochat_mc", "picochat_gen"], task_manager=TaskManager(
+                include_path=str(tmp_path)), log_samples=True, batch_size=1,
+            model_args={"base_url": f"{url}/v1/completions", "model": "picochat", "tokenizer_backend": "remote",
+                        "max_length": engine.model.config.sequence_len, "num_concurrent": 1})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    encode, bos = engine.tokenizer.encode, engine.tokenizer.bos_id
+    ours, right = [], 0
+    for item in choice_items:
+        context = encode(item["context"])  # continuations start with their space: the split is a token boundary
+        sums = [sum(lp for lp, _ in engine.score([([bos] + context + encode(choice), 1 + len(context))])[0])
+                for choice in item["choices"]]
+        ours.append(sums)
+        right += max(range(len(sums)), key=sums.__getitem__) == item["answer"]
+    samples = sorted(out["samples"]["picochat_mc"], key=lambda sample: sample["doc_id"])
+    theirs = [[response[0][0] for response in sample["resps"]] for sample in samples]
+    assert len(theirs) == len(ours) == len(items) >= 24
+    assert max(abs(a - b) for mine, its in zip(ours, theirs) for a, b in zip(mine, its)) < 1e-4
+    assert out["results"]["picochat_mc"]["acc,none"] == pytest.approx(right / len(choice_items))
+    answers = engine.complete([[bos] + encode(item["context"]) for item in text_items],
+                              Sampling(temperature=0, max_tokens=12))
+    mine = [answer["text"].split("\n")[0] for answer in answers]
+    generated = sorted(out["samples"]["picochat_gen"], key=lambda sample: sample["doc_id"])
+    assert [sample["resps"][0][0] for sample in generated] == mine
+    exact = sum(text == item["target"] for text, item in zip(mine, text_items)) / len(text_items)
+    assert out["results"]["picochat_gen"]["exact_match,none"] == pytest.approx(exact)
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory, tiny_home) -> Path:
+    """A home with a base checkpoint of 256-token context: room for an eval item and its answer."""
+    home = tmp_path_factory.mktemp("served") / "home"
+    shutil.copytree(tiny_home, home)
+    run(flags_dict(*TINY, "--max-seq-len", "256", "--num-iterations", "10", "--home", str(home)))
+    return home

