@@ -10,12 +10,8 @@
 # Knobs (environment variables; picochat checks them all before anything runs):
 #   SPEEDRUN_SMOKE=1  the same stages and flags at toy size on CPU (2 processes, offline corpus, CHAT_DATA=0,
 #                     home ~/.cache/picochat-speedrun-smoke): a check of the recipe in a minute, not a model
-#   PICOCHAT_HOME (~/.cache/picochat), DEPTH (20: width 64 x DEPTH), NUM_SHARDS (240 FineWeb-Edu shards: d20's
-#   20 tokens per parameter), VOCAB_SIZE (65536), DEVICE_BATCH_SIZE (32 sequences per GPU: lower it if memory is
-#   short), MAX_SEQ_LEN (2048), TOTAL_BATCH_SIZE (524288 tokens per base or mid step: pick a GPU count that
-#   divides it), BASE_ITERATIONS (0: 20 tokens per parameter), MID_ITERATIONS (500), SFT_ITERATIONS (300),
-#   SFT_DEVICE_BATCH_SIZE (4), SFT_TOTAL_BATCH_SIZE (65536), SAVE_EVERY (1000 steps between checkpoints),
-#   CORE_PROBLEMS, EVAL_PROBLEMS (items per CORE task and problems per chat eval task; 0, the default: all)
+#   PICOCHAT_HOME (~/.cache/picochat), NUM_SHARDS (240: d20's 20 tokens per parameter), VOCAB_SIZE (65536),
+#   CORE_PROBLEMS, EVAL_PROBLEMS (items per CORE task, problems per chat eval task; 0, the default: all)
 #   RUN_RL=0  skip RL (default 1). RL_ITERATIONS (250): a step samples 4 answers to each of 8 problems per GPU;
 #             RL_MAX_SEQ_LEN (384: GSM8K's longest prompt, ~190 tokens, plus 128 sampled ones)
 #   WANDB_RUN    a name: every stage logs to Weights & Biases, grouped under it (unset or "dummy": off)
@@ -24,6 +20,7 @@
 #   TORCH_ELASTIC_SHUTDOWN_TIMEOUT  seconds torchrun gives its workers to checkpoint after a signal (here 300)
 #   NUM_SHARDS, VOCAB_SIZE, DATA_SOURCE, DOWNLOAD_WORKERS, CHAT_DATA, FORCE_TOKENIZER, HF_ENDPOINT, HF_TOKEN and
 #   PICOCHAT_TORCH (the torch that scripts/setup_env.sh installs) reach scripts/prepare_data.sh: see its --help.
+#   The sizes (scripts/recipe.sh; scripts/speedrun.slurm uses the same):
 set -euo pipefail
 NAME=speedrun.sh DRY_RUN="" GPUS_FLAG=""
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/recipe.sh"
@@ -32,34 +29,30 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; GPUS_FLAG=$2; shift ;;
         --gpus=*) GPUS_FLAG=${1#--gpus=} ;;
-        -h|--help) usage; exit 0 ;;
+        -h|--help) usage sizes; exit 0 ;;
         *) die "unknown option '$1' (see bash speedrun.sh --help)" ;;
     esac
     shift
 done
-# This script's own knobs are checked here; picochat checks the others (scripts/check_commands.py).
 NGPU="${NGPU:-}" SMOKE="${SPEEDRUN_SMOKE:-0}" RUN_RL="${RUN_RL:-1}" DEVICE=cuda
 [ -z "$GPUS_FLAG" ] || NGPU=$GPUS_FLAG  # the flag wins over the variable
 [[ "$SMOKE" =~ ^[01]$ ]] || die "SPEEDRUN_SMOKE must be 0 or 1, got '$SMOKE'"
-[[ "$RUN_RL" =~ ^[01]$ ]] || die "RUN_RL must be 0 or 1, got '$RUN_RL'"
+[[ "$RUN_RL" =~ ^[01]$ ]] || die "RUN_RL must be 0 or 1, got '$RUN_RL'"  # picochat checks the other knobs
 [ -z "$NGPU" ] || [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || die "--gpus / NGPU must be a positive whole number, got '$NGPU'"
-# SPEEDRUN_SMOKE: toy sizes for the knobs the user did not set, CPU processes for GPUs, eager (compiling takes
-# longer than these runs), RL with short answers and few eval problems
+# SPEEDRUN_SMOKE: toy sizes where the user set none, CPU processes for GPUs, eager (compiling outlasts these runs)
 if [ "$SMOKE" = 1 ]; then
     DEVICE=cpu NGPU="${NGPU:-2}" PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat-speedrun-smoke}"
-    export DATA_SOURCE="${DATA_SOURCE:-offline}" CHAT_DATA="${CHAT_DATA:-0}" VOCAB_SIZE="${VOCAB_SIZE:-2048}"
-    DEPTH="${DEPTH:-1}" MAX_SEQ_LEN="${MAX_SEQ_LEN:-128}" DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-2}"
-    TOTAL_BATCH_SIZE="${TOTAL_BATCH_SIZE:-1024}" SFT_DEVICE_BATCH_SIZE="${SFT_DEVICE_BATCH_SIZE:-2}"
-    SFT_TOTAL_BATCH_SIZE="${SFT_TOTAL_BATCH_SIZE:-1024}" BASE_ITERATIONS="${BASE_ITERATIONS:-10}"
-    MID_ITERATIONS="${MID_ITERATIONS:-4}" SFT_ITERATIONS="${SFT_ITERATIONS:-4}" RL_ITERATIONS="${RL_ITERATIONS:-2}"
-    RL_MAX_SEQ_LEN="${RL_MAX_SEQ_LEN:-128}" CORE_PROBLEMS="${CORE_PROBLEMS:-4}" EVAL_PROBLEMS="${EVAL_PROBLEMS:-2}"
+    defaults DATA_SOURCE=offline CHAT_DATA=0 VOCAB_SIZE=2048 DEPTH=1 MAX_SEQ_LEN=128 DEVICE_BATCH_SIZE=2 \
+        TOTAL_BATCH_SIZE=1024 SFT_DEVICE_BATCH_SIZE=2 SFT_TOTAL_BATCH_SIZE=1024 BASE_ITERATIONS=10 MID_ITERATIONS=4 \
+        SFT_ITERATIONS=4 RL_ITERATIONS=2 RL_MAX_SEQ_LEN=128 CORE_PROBLEMS=4 EVAL_PROBLEMS=2
     TRAIN_FLAGS="--compile false --rl-max-tokens 32 --rl-eval-problems 4 ${TRAIN_FLAGS:-}"
 fi
 export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat}"
-export NUM_SHARDS="${NUM_SHARDS:-240}" VOCAB_SIZE="${VOCAB_SIZE:-65536}" DATA_SOURCE="${DATA_SOURCE:-fineweb}"
+# torchrun passes Ctrl-C or SIGTERM on to its workers: they finish the step, checkpoint (a d20 one is ~5 GB) and
+# exit, so it waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT for them rather than its own 30 s
+defaults NUM_SHARDS=240 VOCAB_SIZE=65536 DATA_SOURCE=fineweb CORE_PROBLEMS=0 EVAL_PROBLEMS=0 RL_ITERATIONS=250 \
+    RL_MAX_SEQ_LEN=384 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300
 gpu_sizes
-CORE_PROBLEMS="${CORE_PROBLEMS:-0}" EVAL_PROBLEMS="${EVAL_PROBLEMS:-0}"
-RL_ITERATIONS="${RL_ITERATIONS:-250}" RL_MAX_SEQ_LEN="${RL_MAX_SEQ_LEN:-384}"
 
 DETECTED=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)
 if [ "$SMOKE" = 1 ]; then GPU_NOTE="CPU processes standing in for GPUs: SPEEDRUN_SMOKE=1"
@@ -88,31 +81,23 @@ stages() {
     if [ "$RUN_RL" = 1 ]; then  # RL's sequences are one prompt and one sampled answer: RL_MAX_SEQ_LEN, not 2048
         train_stage rl --max-seq-len "$RL_MAX_SEQ_LEN" --num-iterations "$RL_ITERATIONS"
         evaluate chat --source rl --max-problems "$EVAL_PROBLEMS"
-    else
-        echo "rl: off (RUN_RL=0)"
-    fi
+    else echo "rl: off (RUN_RL=0)"; fi
     run picochat report
 }
 
 # A real run makes .venv first, so that picochat checks every setting (and sees the GPUs) before the hours start.
 [ -n "$DRY_RUN" ] || source "$REPO/scripts/setup_env.sh"
-NEED_GPUS=()
-[ -n "$DRY_RUN" ] || [ "$DEVICE" = cpu ] || NEED_GPUS=(--need-gpus)
+NEED_GPUS=(); [ -n "$DRY_RUN" ] || [ "$DEVICE" = cpu ] || NEED_GPUS=(--need-gpus)
 BATCHES=$(check_recipe "$NGPU" stages "${NEED_GPUS[@]}") || exit 2
-echo "picochat speedrun${DRY_RUN:+ (dry run: nothing is executed)}"
+echo "picochat speedrun${DRY_RUN:+ (dry run: nothing is executed)}, home $PICOCHAT_HOME"
 echo "settings: gpus=$NGPU ($GPU_NOTE) depth=$DEPTH vocab_size=$VOCAB_SIZE data=$DATA_SOURCE num_shards=$NUM_SHARDS"
 echo "$BATCHES"
 BASE_STEPS=$BASE_ITERATIONS; [ "$BASE_STEPS" != 0 ] || BASE_STEPS="~20 tokens/parameter (train.py prints the count)"
 echo "steps: base $BASE_STEPS, mid $MID_ITERATIONS, sft $SFT_ITERATIONS, rl $RL_ITERATIONS (max_seq_len=$RL_MAX_SEQ_LEN)"
-echo "home: $PICOCHAT_HOME"
-[ -z "$DRY_RUN" ] || echo "+ source scripts/setup_env.sh   # torch: ${PICOCHAT_TORCH:-torch==2.13.0}, then picochat" \
-    "checks the settings$([ "$DEVICE" = cpu ] || echo " and that torch sees the GPUs")"
+[ -z "$DRY_RUN" ] || echo "+ source scripts/setup_env.sh   # torch: ${PICOCHAT_TORCH:-torch==2.13.0}"
 [ -z "$WANDB" ] || run python -m pip install -q -e ".[wandb]"  # picochat's wandb extra (quick once installed)
 step "1/7 data and tokenizer (scripts/prepare_data.sh: skips what a login node already fetched)"
 bash "$REPO/scripts/prepare_data.sh" ${DRY_RUN:+--dry-run}
-# Ctrl-C or SIGTERM reach torchrun, which passes them on to its workers: they finish the step, checkpoint and
-# exit. A d20 checkpoint is ~5 GB: torchrun waits longer than its own 30 s before it kills them.
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 stages
 [ -n "$DRY_RUN" ] || summary
 echo "Talk to it: picochat chat   (or picochat serve, then open http://127.0.0.1:8000)"

@@ -32,9 +32,8 @@ RUN_RL="${RUN_RL:-1}"  # this script's own knob; picochat checks the others
 
 if [ -n "${PICOCHAT_SMOKE:-}" ]; then  # tiny everything; the user's knobs still win
     export PICOCHAT_HOME="${PICOCHAT_HOME:-$HOME/.cache/picochat-smoke}"
-    DEPTH="${DEPTH:-1}" BASE_MINUTES="${BASE_MINUTES:-0.3}" MID_MINUTES="${MID_MINUTES:-0.15}"
-    SFT_MINUTES="${SFT_MINUTES:-0.15}" RL_MINUTES="${RL_MINUTES:-0.15}" CORE_PROBLEMS="${CORE_PROBLEMS:-4}"
-    EVAL_PROBLEMS="${EVAL_PROBLEMS:-4}" VOCAB_SIZE="${VOCAB_SIZE:-2048}"
+    defaults DEPTH=1 BASE_MINUTES=0.3 MID_MINUTES=0.15 SFT_MINUTES=0.15 RL_MINUTES=0.15 CORE_PROBLEMS=4 \
+        EVAL_PROBLEMS=4 VOCAB_SIZE=2048
     TRAIN_FLAGS="--max-seq-len 128 --device-batch-size 4 --eval-tokens 4096 --eval-every 0 ${TRAIN_FLAGS:-}"
 fi
 source "$REPO/scripts/setup_env.sh"

@@ -8,8 +8,15 @@ CHECKING="" CHECKED=() STEP_NAMES=() STEP_STARTS=() STAGE_FLAGS=() EVAL_FLAGS=()
 SECONDS=0
 
 die() { echo "$NAME: error: $*" >&2; exit 2; }
-usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }  # the script's top comment
+usage() {  # the script's top comment; `usage sizes` adds the GPU sizes' knobs (gpu_sizes below)
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    [ "${1:-}" != sizes ] || sed -n 's/^#: /    /p' "$REPO/scripts/recipe.sh"
+}
 
+defaults() {  # defaults NAME=VALUE ...: sets and exports each NAME the user left unset or empty
+    local pair name
+    for pair in "$@"; do name=${pair%%=*}; [ -n "${!name:-}" ] || export "$pair"; done
+}
 clock() {  # 9m05s, or 2h09m05s
     if (($1 >= 3600)); then printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60))
     else printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); fi
@@ -76,13 +83,14 @@ evaluate() {
     run picochat eval "$@" "${EVAL_FLAGS[@]}" "${when[@]}"
 }
 
-# The GPU recipe's sizes (speedrun.sh and scripts/speedrun.slurm: nanochat's d20) where the user set none.
+# The GPU recipe's sizes (speedrun.sh and scripts/speedrun.slurm: nanochat's d20) where the user set none:
+#: DEPTH (20: width 64 x DEPTH), DEVICE_BATCH_SIZE (32 sequences per GPU: lower it if memory is short),
+#: MAX_SEQ_LEN (2048), TOTAL_BATCH_SIZE (524288 tokens per base or mid step: pick a GPU count that divides it),
+#: BASE_ITERATIONS (0: 20 tokens per parameter), MID_ITERATIONS (500), SFT_ITERATIONS (300),
+#: SFT_DEVICE_BATCH_SIZE (4), SFT_TOTAL_BATCH_SIZE (65536), SAVE_EVERY (1000 steps between checkpoints)
 gpu_sizes() {
-    DEPTH="${DEPTH:-20}" MAX_SEQ_LEN="${MAX_SEQ_LEN:-2048}" DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-32}"
-    TOTAL_BATCH_SIZE="${TOTAL_BATCH_SIZE:-524288}" BASE_ITERATIONS="${BASE_ITERATIONS:-0}"
-    MID_ITERATIONS="${MID_ITERATIONS:-500}" SFT_ITERATIONS="${SFT_ITERATIONS:-300}"
-    SFT_DEVICE_BATCH_SIZE="${SFT_DEVICE_BATCH_SIZE:-4}" SFT_TOTAL_BATCH_SIZE="${SFT_TOTAL_BATCH_SIZE:-65536}"
-    SAVE_EVERY="${SAVE_EVERY:-1000}"
+    defaults DEPTH=20 MAX_SEQ_LEN=2048 DEVICE_BATCH_SIZE=32 TOTAL_BATCH_SIZE=524288 BASE_ITERATIONS=0 \
+        MID_ITERATIONS=500 SFT_ITERATIONS=300 SFT_DEVICE_BATCH_SIZE=4 SFT_TOTAL_BATCH_SIZE=65536 SAVE_EVERY=1000
     # base's val bpb reads 20 steps' worth of tokens (a TOTAL_BATCH_SIZE that is no number goes on, for picochat)
     EVAL_TOKENS=$TOTAL_BATCH_SIZE
     [[ ! "$TOTAL_BATCH_SIZE" =~ ^[0-9]+$ ]] || EVAL_TOKENS=$((20 * 10#$TOTAL_BATCH_SIZE))

@@ -35,9 +35,11 @@ RECIPE = ROOT / "scripts" / "recipe.sh"  # what the launch recipes share: speedr
 
 def knobs_read_by(script: Path) -> set[str]:
     """Environment variables the script (and scripts/recipe.sh, where it sources it) reads with a default:
-    ${NAME:-...}."""
+    ${NAME:-...}, or recipe.sh's `defaults NAME=VALUE ...`."""
     text = script.read_text() + (RECIPE.read_text() if "scripts/recipe.sh" in script.read_text() else "")
-    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text)) - {"HOME"}
+    defaulted = re.findall(r"^\s*defaults ((?:.*\\\n)*.*)$", text, re.MULTILINE)
+    return (set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", text)) - {"HOME"}) | set(
+        re.findall(r"\b([A-Z][A-Z0-9_]*)=", " ".join(defaulted)))
 
 
 def fake_nvidia_smi(directory: Path, gpus: int) -> Path:
