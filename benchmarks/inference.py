@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import machine_facts  # noqa: E402  (the same machine facts as the training benchmark)
 
-from picochat.common import atomic_write_text, autodetect_dtype  # noqa: E402
-from picochat.runtime import DTYPES, Runtime
+from picochat.common import atomic_write_text  # noqa: E402
+from picochat.runtime import DTYPES, Runtime, autodetect_dtype  # noqa: E402
 from picochat.engine import Engine, Sampling  # noqa: E402
 from picochat.model import GPT, GPTConfig  # noqa: E402
 from picochat.perf import best_rate  # noqa: E402

@@ -1,8 +1,9 @@
 """The inference engine: a checkpoint becomes a model that answers. The chat CLI, the web server, the
 evals and RL all sample through it; nothing else does.
 
-Generation prefills the prompts once (several at a time, left-padded), copies each one's KV cache to its N
-sample rows, then feeds one token per row per step.
+Generation prefills the prompts once (several at a time, right-padded), copies each one's KV cache to its N
+sample rows, then feeds one token per row per step. Rows of several requests decode side by side (Decoder):
+each row has its own length, so a request can join between tokens and leave when it ends, as the server's do.
 Each row stops on its own (<|assistant_end|>, <|bos|> or max_tokens). When a row writes
 <|python_start|> expression <|python_end|>, the calculator (calculator.py) runs and the engine forces
 <|output_start|> result <|output_end|> into that row before it samples again.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from picochat.calculator import calculate
 from picochat.chat import render_for_completion
@@ -31,43 +33,71 @@ from picochat.tokenizer import Tokenizer
 # The KV cache
 
 class KVCache:
-    """Keys and values of past positions for every layer, so generation feeds one new token at a time."""
+    """Keys and values of past positions for every layer and row, so generation feeds one new token at a time.
+    Each row has its own length (pos): the rows of requests that started at different times decode together."""
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
         shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # tokens already cached
-        # (batch, max_len) True where a key is a real token; None when every row's tokens all are. Prompts
-        # of different lengths are left-padded into one batch, and no real token may attend to the padding.
-        self.valid: torch.Tensor | None = None
+        self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens cached, per row
+        self.longest = 0  # max(pos), kept in Python: attention reads keys up to it without waiting for the device
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(B, T): where each row's next T tokens go."""
+        return self.pos[:, None] + torch.arange(T, device=self.pos.device)
 
     def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (B, H_kv, T, D). Store them at pos; return all keys/values so far. The last layer advances pos."""
-        end = self.pos + k.size(2)
+        """k, v: (B, Hkv, T, D), stored at each row's next T positions. Returns every row's keys and values up
+        to the longest row's end, (B, Hkv, Tk, D): attention_mask hides what lies past a row's own."""
+        B, H, T, D = k.shape
+        end = self.longest + T
         if end > self.k.size(3):
             raise UserError(f"KV cache is full ({self.k.size(3)} tokens); start a new conversation")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-        if layer == self.k.size(0) - 1:
-            self.pos = end
-        return keys, values
+        where = self.positions(T)[:, None, :, None].expand(B, H, T, D)
+        self.k[layer].scatter_(2, where, k.to(self.k.dtype))
+        self.v[layer].scatter_(2, where, v.to(self.v.dtype))
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int) -> None:
+        """After every layer has inserted its T new tokens (GPT.trunk calls it)."""
+        self.pos += T
+        self.longest += T
+
+    def set_lengths(self, lengths: list[int]) -> None:
+        """After a right-padded prefill: each row ends at its own prompt, and its padding is written over."""
+        self.pos = torch.tensor(lengths, dtype=torch.long, device=self.pos.device)
+        self.longest = max(lengths)
+
+    def attention_mask(self, Tq: int, Tk: int) -> torch.Tensor | None:
+        """(B, 1, Tq, Tk): a row's i-th new token sees the row's keys up to its own position (pos + i), never
+        the padding or the stale slots past its length. None for a first prefill, where every row starts at 0
+        and plain causal attention is right (SDPA's is_causal, no mask tensor)."""
+        if self.longest == 0:
+            return None
+        return (torch.arange(Tk, device=self.pos.device) <= self.positions(Tq)[:, :, None])[:, None]
 
     def repeat_rows(self, n: int) -> None:
         """Each row (a prefilled prompt) becomes n identical rows in a row, so n samples share one prefill."""
         self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
-        if self.valid is not None:
-            self.valid = self.valid.repeat_interleave(n, dim=0)
+        self.pos = self.pos.repeat_interleave(n)
 
-    def attention_mask(self, Tq: int, Tk: int) -> torch.Tensor | None:
-        """The mask for Tq new queries over Tk keys when rows hold padding, else None. A padding query
-        still sees itself, so its (unused) output stays finite instead of a softmax over nothing."""
-        if self.valid is None:
-            return None
-        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=self.valid.device).tril(diagonal=Tk - Tq)
-        own = causal & ~causal.tril(diagonal=Tk - Tq - 1)
-        return (causal & self.valid[:, None, None, :Tk]) | own
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order: the rows of requests that left are dropped."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.pos.device)
+        self.k, self.v, self.pos = self.k[:, index], self.v[:, index], self.pos[index]
+        self.longest = int(self.pos.max()) if rows else 0
+
+    def extend(self, other: KVCache) -> None:
+        """Append other's rows (a request that joins); the shorter of the two gets room to match the longer."""
+        length = max(self.k.size(3), other.k.size(3))
+
+        def room(t: torch.Tensor) -> torch.Tensor:  # (L, B, H, T, D) -> (L, B, H, length, D)
+            return F.pad(t, (0, 0, 0, length - t.size(3)))
+
+        self.k = torch.cat([room(self.k), room(other.k)], dim=1)
+        self.v = torch.cat([room(self.v), room(other.v)], dim=1)
+        self.pos, self.longest = torch.cat([self.pos, other.pos]), max(self.longest, other.longest)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,6 +155,103 @@ class Row:
     last_forced: bool = False                         # the token it took last was tool output, not sampled
 
 
+def random_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # a fresh random seed for this generator only
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation's rows inside a Decoder: a row per sample of each prompt (prompt-major), sampled with the
+    request's own settings and random generator, so that it samples the same tokens alone or beside others."""
+    rows: list[Row]
+    sampling: Sampling
+    generator: torch.Generator
+    logits: torch.Tensor                                 # (rows, V): what each row samples its next token from
+    steps: int = 0
+    step: list[int | None] = field(default_factory=list)  # the token each row took in the last step
+
+    @property
+    def finished(self) -> bool:
+        return self.steps == self.sampling.max_tokens or all(row.done for row in self.rows)
+
+
+class Decoder:
+    """The rows of any number of requests, decoded together. Each step, every request samples one token per row
+    from its own logits, the finished requests leave, and one forward through the shared KV cache feeds the
+    rest one token each. A request joins between steps: its prompts are prefilled on their own, and its cache
+    rows appended. Engine.generate runs one request through a Decoder of its own; the server shares one."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.requests: list[Request] = []
+        self.cache: KVCache | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(request.rows) for request in self.requests)
+
+    @property
+    def length(self) -> int:
+        """Positions the cache has room for (the longest request's prompt + max_tokens); 0 when empty."""
+        return self.cache.k.size(3) if self.cache is not None else 0
+
+    @torch.no_grad()
+    def join(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1,
+             rows: list[Row] | None = None) -> Request:
+        logits, cache = self.engine.prefill(prompts, sampling.max_tokens)
+        cache.repeat_rows(num_samples)
+        rows = rows if rows is not None else [Row() for _ in range(len(prompts) * num_samples)]
+        request = Request(rows, sampling, random_generator(sampling.seed, self.engine.runtime.device),
+                          logits.repeat_interleave(num_samples, dim=0))
+        if self.cache is None:
+            self.cache = cache
+        else:
+            self.cache.extend(cache)
+        self.requests.append(request)
+        return request
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Every request takes a token per row (request.step; None for a row that is done); then the
+        finished ones leave and the others get their next logits. Done rows of a running request idle on
+        <|bos|>."""
+        for request in self.requests:
+            sampled = sample_next(request.logits, request.sampling, request.generator).tolist()
+            request.step = [self.engine.advance(row, token) for row, token in zip(request.rows, sampled)]
+            request.steps += 1
+        self.keep([request for request in self.requests if not request.finished])
+        if not self.requests:
+            return
+        bos = self.engine.tokenizer.bos_id
+        fed = [bos if token is None else token for request in self.requests for token in request.step]
+        logits = self.engine.forward(torch.tensor(fed, device=self.engine.runtime.device)[:, None], self.cache)
+        for request, part in zip(self.requests, logits.split([len(request.rows) for request in self.requests])):
+            request.logits = part
+
+    def leave(self, request: Request) -> None:
+        """A request stops before its end (its client went away, or a stop string ended it)."""
+        self.keep([other for other in self.requests if other is not request])
+
+    def keep(self, requests: list[Request]) -> None:
+        if len(requests) == len(self.requests):
+            return
+        kept, start = [], 0
+        for request in self.requests:
+            if any(request is other for other in requests):
+                kept.extend(range(start, start + len(request.rows)))
+            start += len(request.rows)
+        self.requests = requests
+        if requests:
+            self.cache.select(kept)
+        else:
+            self.cache = None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The engine
 
@@ -138,54 +265,43 @@ class Engine:
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
 
-    @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: Sampling, num_samples: int = 1,
                  rows: list[Row] | None = None) -> Iterator[list[int | None]]:
         """Yield, per step, one new token per row (None for a row that has finished). There is a row per
         sample of each prompt, prompt-major; a prompt's samples share its prefill, rows stop independently.
         Pass `rows` (a fresh Row per sample) to read their state after each step, as complete() does."""
-        rows = rows if rows is not None else [Row() for _ in range(len(prompts) * num_samples)]
-        generator = torch.Generator(device=self.runtime.device)
-        if sampling.seed is None:
-            generator.seed()  # a fresh random seed for this generator only
-        else:
-            generator.manual_seed(sampling.seed)
-        logits, cache = self.prefill(prompts, sampling.max_tokens)
-        cache.repeat_rows(num_samples)
-        logits = logits.repeat_interleave(num_samples, dim=0)
-        for _ in range(sampling.max_tokens):
-            sampled = sample_next(logits, sampling, generator).tolist()
-            step = [self.advance(row, token) for row, token in zip(rows, sampled)]
-            yield step
-            if all(row.done for row in rows):
-                return
-            fed = [token if token is not None else self.tokenizer.bos_id for token in step]  # finished rows idle
-            logits = self.forward(torch.tensor(fed, device=self.runtime.device)[:, None], cache)
+        decoder = Decoder(self)
+        request = decoder.join(prompts, sampling, num_samples, rows)
+        while decoder.requests:
+            decoder.step()
+            yield request.step
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int = 0) -> tuple[torch.Tensor, KVCache]:
         """Next-token logits (N, V) after each prompt, and the cache holding the prompts with room for
-        max_new_tokens more. Shorter prompts are left-padded and the padding masked out: rotary attention
-        sees only relative positions, so a padded prompt gets the same logits as alone."""
+        max_new_tokens more. Shorter prompts are right-padded: causal attention keeps the padding out of the
+        real tokens, and each row's length in the cache keeps it out of what follows."""
         if not prompts or not all(prompts):
             raise UserError("the prompt is empty")
-        width = max(len(prompt) for prompt in prompts)
+        lengths = [len(prompt) for prompt in prompts]
+        width = max(lengths)
         max_len = width + max_new_tokens
         if max_len > self.model.cos.size(1):
             raise UserError(f"prompt of {width} tokens + max_tokens {max_new_tokens} exceeds the "
                             f"model's context of {self.model.cos.size(1)} tokens")
         device = self.runtime.device
         cache = KVCache(self.model.config, len(prompts), max_len, device, self.cache_dtype())
-        if any(len(prompt) < width for prompt in prompts):
-            starts = torch.tensor([width - len(prompt) for prompt in prompts], device=device)
-            cache.valid = torch.arange(max_len, device=device)[None, :] >= starts[:, None]
-        padded = [[self.tokenizer.bos_id] * (width - len(prompt)) + prompt for prompt in prompts]
-        return self.forward(torch.tensor(padded, device=device), cache), cache
+        padded = torch.tensor([prompt + [self.tokenizer.bos_id] * (width - len(prompt)) for prompt in prompts],
+                              device=device)
+        logits = self.forward(padded, cache, torch.tensor(lengths, device=device))
+        cache.set_lengths(lengths)
+        return logits, cache
 
-    def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """(N, T) ids -> (N, V) fp32 logits of the last position, through the cache."""
+    def forward(self, ids: torch.Tensor, cache: KVCache, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T) ids -> (N, V) fp32 logits of each row's last token (position lengths - 1, else T - 1),
+        through the cache."""
         with self.runtime.autocast():
-            return self.model.next_logits(ids, cache)
+            return self.model.next_logits(ids, cache, lengths)
 
     def cache_dtype(self) -> torch.dtype:
         return self.runtime.dtype if self.runtime.device.type == "cuda" else torch.float32

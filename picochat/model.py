@@ -63,7 +63,7 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, D); cos/sin: (1, T, 1, D/2). Rotates pairs (first half, second half) of each head."""
+    """x: (B, T, H, D); cos/sin: (1 or B, T, 1, D/2). Rotates pairs (first half, second half) of each head."""
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
@@ -86,17 +86,13 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, D)
         q, k = norm(apply_rotary(q, *cos_sin)), norm(apply_rotary(k, *cos_sin))  # rotate, then QK-norm
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)        # (B, H or Hkv, T, D)
+        mask = None
         if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer, k, v)  # (B, Hkv, Tk, D): the cached past, then these T
-        Tq, Tk = q.size(2), k.size(2)
-        # Training and a first prefill (Tq == Tk) are plain causal: SDPA's is_causal, no mask tensor. Rows
-        # left-padded to one length bring their own mask (KVCache.attention_mask). New tokens after a cached
-        # prefix (Tq < Tk) see all of it, and each other causally: is_causal would align the triangle to the
-        # top-left, hiding the prefix, so that mask is built here. One new token (Tq == 1) sees everything.
-        mask = kv_cache.attention_mask(Tq, Tk) if kv_cache is not None else None      # (B, 1, Tq, Tk) or None
-        if mask is None and Tq != Tk and Tq > 1:
-            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
-        causal = mask is None and Tq == Tk and Tq > 1
+            k, v = kv_cache.insert(self.layer, k, v)  # (B, Hkv, Tk, D): each row's cached past, then these T
+            # Rows of different lengths (requests that started at different times) each see their own past and
+            # their new tokens causally: is_causal would align the triangle top-left, so the cache builds it.
+            mask = kv_cache.attention_mask(q.size(2), k.size(2))  # (B, 1, Tq, Tk); None on a first prefill
+        causal = mask is None and q.size(2) > 1  # training and a first prefill: plain causal, no mask tensor
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, D)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))                      # heads side by side: (B, T, C)
@@ -149,15 +145,22 @@ class GPT(nn.Module):
             nn.init.zeros_(block.mlp.c_proj.weight)
 
     def trunk(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, C) final hidden states."""
-        start = kv_cache.pos if kv_cache is not None else 0
+        """(B, T) token ids -> (B, T, C) final hidden states. With the engine's KV cache, each row goes on
+        from its own length, and the cache grows by T."""
         T = idx.size(1)
-        if start + T > self.cos.size(1):
-            raise UserError(f"sequence of {start + T} tokens exceeds the rotary table ({self.cos.size(1)})")
-        cos_sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        end = T + (kv_cache.longest if kv_cache is not None else 0)
+        if end > self.cos.size(1):
+            raise UserError(f"sequence of {end} tokens exceeds the rotary table ({self.cos.size(1)})")
+        if kv_cache is None:
+            cos_sin = self.cos[:, :T], self.sin[:, :T]                   # (1, T, 1, D/2)
+        else:
+            positions = kv_cache.positions(T)                            # (B, T): each row's own
+            cos_sin = self.cos[0, positions], self.sin[0, positions]    # (B, T, 1, D/2)
         x = norm(self.wte(idx))
         for block in self.blocks:
             x = block(x, cos_sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
         return norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
@@ -171,10 +174,14 @@ class GPT(nn.Module):
         return linear_cross_entropy(x, self.lm_head.weight, targets, self.config.softcap, reduction,
                                     token_weights=token_weights)
 
-    def next_logits(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        """(B, T) ids -> (B, vocab) logits of the last position only: all that generation needs, and the
-        vocab-sized matmul of a prompt's other positions is most of a small model's prefill."""
-        return self.capped_logits(self.trunk(idx, kv_cache)[:, -1])
+    def next_logits(self, idx: torch.Tensor, kv_cache=None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, vocab) logits of each row's last token only (position lengths - 1 of a right-
+        padded batch, else T - 1): all that generation needs, and the vocab-sized matmul of a prompt's other
+        positions is most of a small model's prefill."""
+        hidden = self.trunk(idx, kv_cache)
+        if lengths is None:
+            return self.capped_logits(hidden[:, -1])
+        return self.capped_logits(hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1])
 
     def capped_logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(x).float()

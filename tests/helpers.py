@@ -75,9 +75,9 @@ class ScriptedModel(torch.nn.Module):
         self.register_buffer("cos", torch.zeros(1, 640, 1, 4))
         self.scripts, self.prompt_len = scripts, prompt_len
 
-    def next_logits(self, ids, kv_cache):
-        kv_cache.pos += ids.size(1)
-        step = kv_cache.pos - self.prompt_len  # 0 right after the prefill
+    def next_logits(self, ids, kv_cache, lengths=None):
+        kv_cache.advance(ids.size(1))
+        step = kv_cache.longest - self.prompt_len  # 0 right after the prefill
         logits = torch.full((ids.size(0), self.config.vocab_size), -1e9)
         for row in range(ids.size(0)):
             script = self.scripts[row % len(self.scripts)]

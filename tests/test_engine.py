@@ -15,7 +15,7 @@ from picochat.calculator import calculate
 from picochat.chat import render_for_completion
 from picochat.common import UserError
 from picochat.runtime import Runtime
-from picochat.engine import Engine, Row, Sampling, TextStream
+from picochat.engine import Decoder, Engine, Row, Sampling, TextStream
 from picochat.model import GPT, GPTConfig
 from picochat.tokenizer import Tokenizer
 
@@ -90,15 +90,45 @@ def test_prompts_of_different_lengths_batched_match_each_alone(engine):
         assert batched[2 * index]["tokens"] == batched[2 * index + 1]["tokens"] == alone
 
 
-def test_padding_is_invisible_to_the_real_tokens(engine):
-    """Without the mask, a padded prompt would attend to its padding and get other logits."""
+def test_requests_joining_a_decoder_midway_sample_what_they_sample_alone(engine):
+    """Continuous batching: requests join a shared Decoder at different steps, with their own prompt lengths,
+    sample counts and settings (greedy and seeded), and leave when they end; each gets the tokens it gets on
+    its own."""
+    texts = ("Hi", "Hello there, how are you today?", "Why?", "Tell me a story about a cat, please")
+    settings = [(Sampling(temperature=0, max_tokens=12), 1), (Sampling(temperature=1.0, top_k=20, seed=7,
+                max_tokens=20), 2), (Sampling(temperature=0, max_tokens=6), 1), (Sampling(temperature=0.8, seed=3,
+                max_tokens=16), 3)]
+    prompts = [engine.prompt_ids(hello(text)) for text in texts]
+    alone = [[row["tokens"] for row in engine.complete([prompt], sampling, n)]
+             for prompt, (sampling, n) in zip(prompts, settings)]
+    decoder, requests, together = Decoder(engine), [], 0
+    while len(requests) < len(prompts) or decoder.requests:
+        if len(requests) < len(prompts):  # one more joins before every step, while the others go on
+            sampling, n = settings[len(requests)]
+            requests.append((decoder.join([prompts[len(requests)]], sampling, n), [[] for _ in range(n)]))
+        together = max(together, len(decoder.requests))
+        stepping = [(request, tokens) for request, tokens in requests if request in decoder.requests]
+        decoder.step()
+        for request, tokens in stepping:
+            for row, token in zip(tokens, request.step):
+                row.extend([] if token is None else [token])
+    assert together >= 3  # (the first, greedy, may end before the last joins)
+    assert [tokens for _, tokens in requests] == alone
+    assert decoder.cache is None  # all left
+
+
+def test_padding_is_invisible_to_the_tokens_that_follow(engine):
+    """A short prompt right-padded beside a long one: its next token must see its own prompt only, not the
+    padding's keys in the slots after it (its length in the cache masks them, and they get written over)."""
     short, long = engine.prompt_ids(hello("Hi")), engine.prompt_ids(hello("Hello there, how are you today?"))
-    logits, cache = engine.prefill([short, long])
-    pads = len(long) - len(short)
-    assert int((~cache.valid[0]).sum()) == pads and bool(cache.valid[1].all())
-    with torch.no_grad():
-        unmasked = engine.model.next_logits(torch.tensor([[engine.tokenizer.bos_id] * pads + short]))
-    assert not torch.allclose(unmasked[0], logits[0], atol=1e-3)
+    _, cache = engine.prefill([short, long], max_new_tokens=4)
+    assert cache.pos.tolist() == [len(short), len(long)] and len(short) < len(long)
+    token = engine.tokenizer.encode(" ok")[0]
+    batched = engine.forward(torch.tensor([[token], [token]]), cache)
+    _, alone_cache = engine.prefill([short], max_new_tokens=4)
+    alone = engine.forward(torch.tensor([[token]]), alone_cache)
+    torch.testing.assert_close(batched[0], alone[0], rtol=1e-5, atol=1e-5)
+    assert cache.pos.tolist() == [len(short) + 1, len(long) + 1]
 
 
 def test_top_k_one_is_greedy_and_top_p_keeps_at_least_one_token(engine):

@@ -36,13 +36,18 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, tiny_home) -> Engine:
-    import torch
+def engine_home(tmp_path_factory, tiny_home) -> Path:
     home = tmp_path_factory.mktemp("serve") / "home"
     shutil.copytree(tiny_home, home)
     # sequence_len 128: room for the answers below, and a prompt past it is still inside the rotary table (10x)
     run(flags_dict(*TINY, "--max-seq-len", "128", "--num-iterations", "20", "--home", str(home)))
-    return load_engine(home, runtime=Runtime(torch.device("cpu"), torch.float32), quiet=True)
+    return home
+
+
+@pytest.fixture(scope="module")
+def engine(engine_home) -> Engine:
+    import torch
+    return load_engine(engine_home, runtime=Runtime(torch.device("cpu"), torch.float32), quiet=True)
 
 
 class LiveServer:
@@ -184,7 +189,7 @@ def malformed_requests() -> list[tuple[bytes, int, str]]:
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 5_000_000}]}]}, 413,
          "the request body is over 2000000 bytes"),
         ({"messages": [{"role": "user", "content": TOO_LONG_PROMPT}]}, 400, "this model reads at most 127"),
-        ({**good, "n": 8, "max_tokens": 64}, 400, "over this server's 0.1 MB a request (--kv-cache-mb)"),
+        ({**good, "n": 8, "max_tokens": 64}, 400, "over this server's 0.1 MB (--kv-cache-mb)"),
         ({**good, "seed": 2**64}, 400, "Input should be less than or equal to 9223372036854775807 (seed)"),
         ({**good, "seed": -2**63 - 1}, 400, "(seed)"),
     ]
@@ -244,29 +249,34 @@ def test_16_concurrent_streaming_clients_all_finish(server):
 # ---- a scripted engine: the queue, hang-ups and failures, counted in tokens -------------------------------
 
 class Scripted(Engine):
-    """The tiny engine with scripted generation: one visible token a step and never the end token, each step
-    waiting for a permit the test releases; it counts steps and tokenizations, and notes the tokenizing
-    threads. `fail_at` makes that step of each answer raise, as a broken model would."""
+    """The tiny engine with a scripted model: every forward puts all probability on one visible token, never
+    the end token, and waits for a permit the test releases; it counts forwards (the prefill's too) and
+    tokenizations, and notes the tokenizing threads. `fail_at` makes that decoding forward of each answer
+    (after its prefill) raise, as a broken model would."""
 
     def __init__(self, real: Engine, fail_at: int = 0):
         super().__init__(real.model, real.tokenizer, real.runtime)
         self.info, self.fail_at = real.info, fail_at
         self.token = real.tokenizer.encode("a")[0]
         self.permits = threading.Semaphore(0)
-        self.steps, self.tokenized, self.tokenizing_threads = 0, 0, set()
+        self.steps, self.answer_steps, self.tokenized, self.tokenizing_threads = 0, 0, 0, set()
 
     def prompt_ids(self, conversation: dict) -> list[int]:
         self.tokenized += 1
         self.tokenizing_threads.add(threading.get_ident())
         return super().prompt_ids(conversation)
 
-    def generate(self, prompts, sampling, num_samples=1):
-        for step in range(1, sampling.max_tokens + 1):
-            self.permits.acquire()
-            self.steps += 1
-            if step == self.fail_at:
-                raise RuntimeError("the scripted model broke")
-            yield [self.token] * (len(prompts) * num_samples)
+    def forward(self, ids, cache, lengths=None):
+        import torch
+        self.permits.acquire()
+        self.steps += 1
+        self.answer_steps = 0 if cache.longest == 0 else self.answer_steps + 1
+        if self.fail_at and self.answer_steps == self.fail_at:
+            raise RuntimeError("the scripted model broke")
+        cache.advance(ids.size(1))
+        logits = torch.full((ids.size(0), self.tokenizer.vocab_size), -1e9)
+        logits[:, self.token] = 0.0
+        return logits
 
 
 def wait_until(condition, what: str) -> None:
@@ -278,6 +288,70 @@ def wait_until(condition, what: str) -> None:
 
 def admitted(live) -> int:
     return httpx.get(live.url + "/health").json()["admitted"]
+
+
+class Held(Engine):
+    """The tiny engine, whose first forward (the first request's prefill) waits until the test lets it go."""
+
+    def __init__(self, real: Engine):
+        super().__init__(real.model, real.tokenizer, real.runtime)
+        self.info, self.go = real.info, threading.Event()
+
+    def forward(self, ids, cache, lengths=None):
+        assert self.go.wait(timeout=60)
+        return super().forward(ids, cache, lengths)
+
+
+def test_an_answer_is_the_same_alone_or_beside_15_others(engine):
+    """16 clients at once: while the first request's prefill is held, the other 15 are admitted and wait; then
+    they all join the decoder and are answered together. Each gets the answer it gets alone: greedy ones the
+    same text, seeded samples (n=2) the same samples."""
+    held = Held(engine)
+    live = LiveServer(create_app(held, ServeConfig(max_tokens=64, max_queue=32, max_batch=16, kv_cache_mb=10)))
+    words = ["Hello", "Hi there, how are you today?", "Why?", "Tell me a story about a cat", "What is 2 plus 2?",
+             "Spell cat", "Goodbye!", "Thanks"]
+    bodies = [{"messages": [{"role": "user", "content": words[i % 8] + "!" * (i // 8)}], "max_tokens": 8 + 2 * i,
+               "temperature": 0, "stream": i % 2 == 1} for i in range(16)]
+    for body in bodies[::5]:
+        body.update(temperature=1.0, seed=7, n=2, stream=False)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = [pool.submit(httpx.post, live.url + "/v1/chat/completions", json=body, timeout=120)
+                       for body in bodies]
+            wait_until(lambda: admitted(live) == 16, "the 16 requests were not admitted")
+            held.go.set()
+            replies = [answer.result() for answer in answers]
+        assert httpx.get(live.url + "/health").json()["most_answered_together"] == 16
+    finally:
+        held.go.set()
+        live.stop()
+    for body, reply in zip(bodies, replies):
+        assert reply.status_code == 200, reply.text
+        if body["stream"]:
+            chunks = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: {")]
+            texts = ["".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])]
+        else:
+            texts = [choice["message"]["content"] for choice in reply.json()["choices"]]
+        settings = sampling(temperature=body["temperature"], max_tokens=body["max_tokens"], seed=body.get("seed"))
+        alone = engine.complete([engine.prompt_ids({"messages": body["messages"]})], settings, body.get("n", 1))
+        assert texts == [row["text"] for row in alone], body
+
+
+def test_the_serving_benchmark_compares_batched_and_one_at_a_time_on_the_same_tokens(engine_home, tmp_path):
+    out = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "serve.py"),
+                             "--home", str(engine_home), "--clients", "1", "3", "--requests", "2", "--max-tokens",
+                             "6", "--batches", "1", "4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    rows = {(row["max_batch"], row["clients"]): row for row in report["rows"]}
+    assert set(rows) == {(1, 1), (1, 3), (4, 1), (4, 3)}
+    for clients in (1, 3):  # greedy: both servers generate the same tokens
+        assert rows[1, clients]["completion_tokens"] == rows[4, clients]["completion_tokens"] > 0
+        assert rows[1, clients]["requests"] == 2 * clients
+        assert 0 < rows[1, clients]["ttft_p50_ms"] <= rows[1, clients]["ttft_p95_ms"]
+    assert [c["clients"] for c in report["batched_over_one_at_a_time"]] == [1, 3]
+    assert "| --max-batch | clients |" in result.stdout
 
 
 def test_beyond_the_queue_requests_get_429_before_they_are_tokenized(engine):
@@ -464,7 +538,7 @@ def test_several_prompts_and_samples_come_back_prompt_major(server):
     ({"prompt": "x", "logprobs": 6}, "(logprobs)"), ({"prompt": "x", "max_tokens": -1}, "(max_tokens)"),
     ({"prompt": "x", "logprobs": 1, "stream": True}, "logprobs are given with stream: false only"),
     ({"prompt": "x " * 200}, "this model reads at most 127"), ({"prompt": 5}, "prompt is text, token ids, or a list of either (prompt)"),
-    ({"prompt": ["a"] * 8, "n": 8, "max_tokens": 64}, "over this server's 0.1 MB a request (--kv-cache-mb)"),
+    ({"prompt": ["a"] * 8, "n": 8, "max_tokens": 64}, "over this server's 0.1 MB (--kv-cache-mb)"),
 ])
 def test_bad_completion_requests_get_400_naming_the_problem(server, body, message):
     response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
