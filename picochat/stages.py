@@ -103,14 +103,21 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
     """Conversations from PyPI packages (ChitChat, ChatterBot, mathematics problems), the tasks picochat
     makes by code (multiple-choice practice; arithmetic, SpellingBee and spelling through the calculator;
     identity; multi-turn conversations of those), and the online datasets where `picochat data download-chat`
-    fetched them. ChitChat's people talk about their own lives: a little of it teaches conversation, much of
-    it teaches the model to invent a life."""
+    fetched them. The weights are examples per epoch, per example of the task:
+    - ChitChat's people talk about their own lives: a little of it teaches conversation, much of it teaches
+      the model to invent a life.
+    - Arithmetic and SpellingBee twice, multiple-choice practice and the mathematics problems 0.3: on the
+      default CPU pipeline (one base, then mid, SFT and RL once with each mixture; 300 held-out problems
+      each), arithmetic went from 66% to 70% and SpellingBee from 54% to 58%; a third weight for
+      SpellingBee did not help it (53%). Multiple-choice practice is 11% of the
+      tokens, nearly all of them untrained prompt, and ARC and MMLU stay at chance anyway. The mathematics
+      problems answer "Is ...?" with "True", which the model gave to "Is there a g in believed? How many?"."""
     home = config.home_path
-    made = [ArithmeticWithTool(split), SpellingBee.from_corpus(home, split), Spelling.from_corpus(home, split),
-            Identity(split)]
+    made = [(ArithmeticWithTool(split), 2.0), (SpellingBee.from_corpus(home, split), 2.0),
+            (Spelling.from_corpus(home, split), 1.0), (Identity(split), 1.0)]
     tasks = [(ChitChat.from_package(home, split), 0.1), (ChatterBot.from_package(home, split), 1.0),
-             (Mathematics.from_package(home, split), 1.0), (MultipleChoicePractice.from_sources(home, split), 1.0)]
-    tasks += [(task, 1.0) for task in made + [MultiTurn(split, made)]]
+             (Mathematics.from_package(home, split), 0.3), (MultipleChoicePractice.from_sources(home, split), 0.3)]
+    tasks += made + [(MultiTurn(split, [task for task, _ in made]), 1.0)]
     return tasks + [(task, 1.0) for task in downloaded_tasks(home, split)]
 
 
