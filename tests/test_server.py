@@ -35,13 +35,18 @@ from picochat.train import run
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+def trained_home(tmp_path_factory, tiny_home: Path, name: str, max_seq_len: int, iterations: int) -> Path:
+    """A copy of the tiny home with a base checkpoint of max_seq_len tokens' context."""
+    home = tmp_path_factory.mktemp(name) / "home"
+    shutil.copytree(tiny_home, home)
+    run(flags_dict(*TINY, "--max-seq-len", str(max_seq_len), "--num-iterations", str(iterations), "--home", str(home)))
+    return home
+
+
 @pytest.fixture(scope="module")
 def engine_home(tmp_path_factory, tiny_home) -> Path:
-    home = tmp_path_factory.mktemp("serve") / "home"
-    shutil.copytree(tiny_home, home)
     # sequence_len 128: room for the answers below, and a prompt past it is still inside the rotary table (10x)
-    run(flags_dict(*TINY, "--max-seq-len", "128", "--num-iterations", "20", "--home", str(home)))
-    return home
+    return trained_home(tmp_path_factory, tiny_home, "serve", 128, 20)
 
 
 @pytest.fixture(scope="module")
@@ -649,7 +654,4 @@ def test_lm_eval_scores_through_the_server_as_picochat_does(served_home, tmp_pat
 @pytest.fixture(scope="module")
 def served_home(tmp_path_factory, tiny_home) -> Path:
     """A home with a base checkpoint of 256-token context: room for an eval item and its answer."""
-    home = tmp_path_factory.mktemp("served") / "home"
-    shutil.copytree(tiny_home, home)
-    run(flags_dict(*TINY, "--max-seq-len", "256", "--num-iterations", "10", "--home", str(home)))
-    return home
+    return trained_home(tmp_path_factory, tiny_home, "served", 256, 10)
