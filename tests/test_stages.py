@@ -12,7 +12,7 @@ import pytest
 from helpers import error_line
 from picochat import cli
 from picochat.stages import chat_mixture, mid_mixture, sft_mixture
-from picochat.train import TrainConfig
+from picochat.train import TrainConfig, resolve_configs
 
 
 def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
@@ -24,6 +24,18 @@ def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
         assert mid == chat + [("pretraining_text", 1.0)] and sft == chat + [("pretraining_text", 0.5)]
         assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee", "spelling",
                 "identity", "multi_turn"} <= {name for name, _ in chat}
+
+
+def test_base_trains_on_shorter_rows_and_the_chat_stages_on_whole_ones():
+    """Base's preset: rows of 256 tokens, 32 to a batch (benchmarks/base_recipe.py measured it); what the
+    user types wins; mid and SFT keep TrainConfig's 512 x 16, so conversations are not cut at 256."""
+    base, _, _ = resolve_configs("base", {}, None)
+    assert (base.max_seq_len, base.device_batch_size) == (256, 32)
+    typed, _, _ = resolve_configs("base", {"max_seq_len": 512}, None)
+    assert (typed.max_seq_len, typed.device_batch_size) == (512, 32)
+    for stage in ("mid", "sft"):
+        config, _, _ = resolve_configs(stage, {}, None)
+        assert (config.max_seq_len, config.device_batch_size) == (TrainConfig.max_seq_len, 16) == (512, 16)
 
 
 @pytest.mark.parametrize("flags, names", [([], ("--num-iterations", "--time-budget")),
