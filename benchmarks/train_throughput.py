@@ -38,19 +38,17 @@ from picochat.model import GPT, GPTConfig
 from picochat.optim import OptimConfig, build_optimizers
 from picochat.perf import CPU_SQUARE, measure_matmul_flops, mfu_warning, peak_flops, peak_rss_bytes
 from picochat.tokenizer_commands import TokenizerTrainConfig
-from picochat.stages import base_stage
 from picochat.step import train_step
-from picochat.train import TrainConfig
+from picochat.train import TrainConfig, resolve_configs
 from picochat.data.loader import Batch
 
-# What to measure; edit freely. Dataclass fields with defaults are class attributes, so the cpu default
-# follows `picochat train --stage base`'s own defaults (its stage preset over TrainConfig's) and the
+# What to measure; edit freely. The cpu default is what `picochat train --stage base` runs with no flags
+# (resolved as train.py resolves it: TrainConfig's defaults under the base stage's preset) and the
 # tokenizer's default vocab.
-BASE_PRESET = base_stage().preset
+BASE = resolve_configs("base", {}, None)[0]
 CONFIGS: dict[str, dict] = {
-    "picochat-cpu-default": dict(depth=TrainConfig.depth, vocab_size=TokenizerTrainConfig.vocab_size,
-                                 sequence_len=BASE_PRESET.get("max_seq_len", TrainConfig.max_seq_len),
-                                 device_batch_size=BASE_PRESET.get("device_batch_size", TrainConfig.device_batch_size),
+    "picochat-cpu-default": dict(depth=BASE.depth, vocab_size=TokenizerTrainConfig.vocab_size,
+                                 sequence_len=BASE.max_seq_len, device_batch_size=BASE.device_batch_size,
                                  grad_accum=1),
     # nanochat's seed run (BRIEF section 4): 16,384 tokens/step as one 32 x 512 micro-batch, not 8 x 512 x 4
     # accumulation steps, because one big batch gives the matmuls more rows.

@@ -113,9 +113,9 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
     - Arithmetic and SpellingBee twice, multiple-choice practice and the mathematics problems 0.3: on the
       default CPU pipeline (one base, then mid, SFT and RL once with each mixture; 300 held-out problems
       each), arithmetic went from 66% to 70% and SpellingBee from 54% to 58%; a third weight for
-      SpellingBee did not help it (53%). Multiple-choice practice is 11% of the
-      tokens, nearly all of them untrained prompt, and ARC and MMLU stay at chance anyway. The mathematics
-      problems answer "Is ...?" with "True", which the model gave to "Is there a g in believed? How many?"."""
+      SpellingBee did not help it (53%). Multiple-choice practice is 11% of the tokens, nearly all of them
+      untrained prompt, and ARC and MMLU stay at chance anyway. The mathematics problems answer "Is ...?"
+      with "True", which the model gave to "Is there a g in believed? How many?"."""
     home = config.home_path
     made = [(ArithmeticWithTool(split), 2.0), (SpellingBee.from_corpus(home, split), 2.0),
             (Spelling.from_corpus(home, split), 1.0), (Identity(split), 1.0)]
