@@ -79,8 +79,9 @@ def command_parser(argv: list[str]) -> tuple[Callable, argparse.ArgumentParser, 
     module = importlib.import_module(module_name)
     parser = OneLineErrorParser(prog="picochat " + " ".join(filter(None, key)), description=help_text)
     configs = [getattr(module, name) for name in class_names.split()]  # a command may combine several parts
+    presets = getattr(module, "FLAG_PRESETS", None)  # e.g. each stage's, shown in `picochat train --help`
     for config in configs:
-        cfg.add_arguments(parser, config)
+        cfg.add_arguments(parser, config, presets)
     return getattr(module, function_name), parser, rest, configs
 
 

@@ -52,13 +52,17 @@ def _base_type(annotation: Any) -> type:
     return annotation
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one --flag per dataclass field. Unset flags stay absent, so presets are not overridden."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, presets: dict[str, dict] | None = None) -> None:
+    """Add one --flag per dataclass field. Unset flags stay absent, so presets are not overridden. The help
+    shows each preset's value after the default: `presets` maps a label ("base") to its preset."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = _base_type(hints[field.name])
         meta = field.metadata
-        help_text = meta.get("help", "") + (f" (default: {field.default})" if field.default != "" else "")
+        defaults = [f"default: {field.default}"] if field.default != "" else []
+        defaults += [f"{label}: {preset[field.name]}" for label, preset in (presets or {}).items()
+                     if field.name in preset]
+        help_text = meta.get("help", "") + (f" ({'; '.join(defaults)})" if defaults else "")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text,
                                   "type": parse_bool if kind is bool else kind}
         if kind is bool:

@@ -32,6 +32,8 @@ from picochat.stages import STAGES, Stage, make_stage, pretraining_val_bpb
 from picochat.step import train_step
 from picochat.tokenizer import load_tokenizer
 
+FLAG_PRESETS = {name: make().preset for name, make in STAGES.items()}  # shown in --help: cli.command_parser
+
 
 @dataclass
 class TrainConfig:

@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from picochat import cli
+from picochat.stages import STAGES
+from picochat.train import TrainConfig
 from helpers import error_line
 
 
@@ -34,6 +36,17 @@ def test_command_help_lists_its_flags(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: picochat data prepare")
     assert "--source" in out and "--force" in out and "--max-bytes" in out
+
+
+def test_train_help_shows_each_stage_preset_after_the_default(capsys):
+    """What `--stage base` really runs (rows of 256) is in the help, not only TrainConfig's 512."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    base, rl = STAGES["base"]().preset, STAGES["rl"]().preset
+    assert f"(default: {TrainConfig.max_seq_len}; base: {base['max_seq_len']})" in text
+    assert (f"(default: {TrainConfig.device_batch_size}; base: {base['device_batch_size']}; "
+            f"rl: {rl['device_batch_size']})") in text
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["tokenizer", "bake"], ["data", "--force"]])
