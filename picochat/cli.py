@@ -38,8 +38,8 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
     ("eval", "base"): ("picochat.evals.core", "BaseEvalConfig LoadConfig RerunConfig", "run",
                        "a base model's val bpb and CORE score (few-shot HellaSwag, PIQA, ARC, ...)"),
     ("eval", "chat"): ("picochat.evals.chat", "ChatEvalConfig LoadConfig RerunConfig", "run",
-                       "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic, spelling, "
-                       "identity; ChatCORE"),
+                       "a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee, arithmetic (and follow-ups), "
+                       "spelling, identity; ChatCORE"),
     ("report", None): ("picochat.report", "ReportConfig", "run",
                        "report.md with plots, from the stages' and evals' JSON files (re-runs nothing)"),
     ("export", None): ("picochat.hf", "ExportConfig", "export",

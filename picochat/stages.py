@@ -21,7 +21,7 @@ from picochat.rl import RLConfig, RolloutBatches, pass_at_k
 from picochat.engine import Engine
 from picochat.evals.bpb import evaluate_bpb
 from picochat.tasks import Task
-from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.arithmetic import ArithmeticFollowUp, ArithmeticWithTool
 from picochat.tasks.chatterbot import ChatterBot
 from picochat.tasks.chitchat import ChitChat
 from picochat.tasks.identity import Identity
@@ -106,8 +106,8 @@ def data_fingerprint_of_corpus(config) -> str:
 def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
     """Conversations from PyPI packages (ChitChat, ChatterBot, mathematics problems), the tasks picochat
     makes by code (multiple-choice practice; arithmetic, SpellingBee and spelling through the calculator;
-    identity; multi-turn conversations of those), and the online datasets where `picochat data download-chat`
-    fetched them. The weights are examples per epoch, per example of the task:
+    identity; multi-turn conversations of those, and follow-ups on an earlier result), and the online
+    datasets where `picochat data download-chat` fetched them. The weights are examples per epoch, per example of the task:
     - ChitChat's people talk about their own lives: a little of it teaches conversation, much of it teaches
       the model to invent a life.
     - Arithmetic and SpellingBee twice, multiple-choice practice and the mathematics problems 0.3: on the
@@ -121,7 +121,7 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
             (Spelling.from_corpus(home, split), 1.0), (Identity(split), 1.0)]
     tasks = [(ChitChat.from_package(home, split), 0.1), (ChatterBot.from_package(home, split), 1.0),
              (Mathematics.from_package(home, split), 0.3), (MultipleChoicePractice.from_sources(home, split), 0.3)]
-    tasks += made + [(MultiTurn(split, [task for task, _ in made]), 1.0)]
+    tasks += made + [(MultiTurn(split, [task for task, _ in made]), 1.0), (ArithmeticFollowUp(split), 1.0)]
     return tasks + [(task, 1.0) for task in downloaded_tasks(home, split)]
 
 

@@ -101,7 +101,7 @@ def test_chat_core_is_nanochats_six_tasks_without_arithmetic_and_tasks_are_check
     assert chat_core(results) == pytest.approx(1.25 / 6)
     assert chat_core(results + [{"task": "arithmetic", "centered": 0.98}]) == pytest.approx(1.25 / 6)
     assert chat_core(results[1:]) is None  # five of the six is not ChatCORE
-    assert set(CHATCORE_TASKS) == set(CHAT_TASKS) - {"arithmetic", "spelling", "identity"}
+    assert set(CHATCORE_TASKS) == set(CHAT_TASKS) - {"arithmetic", "arithmetic_follow_up", "spelling", "identity"}
     assert task_names("all") == list(CHAT_TASKS)
     assert task_names("gsm8k, arc_easy") == ["gsm8k", "arc_easy"]
     with pytest.raises(UserError, match="unknown task nope"):

@@ -23,7 +23,7 @@ def test_mid_and_sft_rehearse_pretraining_text_sft_less(tiny_home):
         sft = [(task.name, weight) for task, weight in sft_mixture(config, split)]
         assert mid == chat + [("pretraining_text", 1.0)] and sft == chat + [("pretraining_text", 0.5)]
         assert {"chitchat", "chatterbot", "mathematics", "mc_practice", "arithmetic", "spelling_bee", "spelling",
-                "identity", "multi_turn"} <= {name for name, _ in chat}
+                "identity", "multi_turn", "arithmetic_follow_up"} <= {name for name, _ in chat}
 
 
 def test_base_trains_on_shorter_rows_and_the_chat_stages_on_whole_ones():

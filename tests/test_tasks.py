@@ -27,8 +27,8 @@ from picochat.data.hub import hub_dir
 from picochat.stages import mid_mixture
 from picochat.tasks import SPLITS, final_number, gsm8k, mmlu_auxiliary, online, smoltalk
 from picochat.tasks.arc import ARC
-from picochat.tasks.arithmetic import ArithmeticWithTool
-from picochat.tasks.identity import Identity
+from picochat.tasks.arithmetic import ArithmeticFollowUp, ArithmeticWithTool
+from picochat.tasks.identity import BEHAVIOURS, Identity
 from picochat.tasks.mmlu import MMLU
 from picochat.tasks.mmlu_auxiliary import MMLUAuxiliary
 from picochat.tasks.multi_turn import MultiTurn
@@ -57,6 +57,22 @@ def test_arithmetic_reference_answers_use_the_tool_and_score_right():
         assert task.score(example, text) and not task.score(example, text + " so 99999")
 
 
+def test_arithmetic_follow_ups_compute_on_the_earlier_result():
+    """The second question is about the first answer: its call starts from the result the calculator gave
+    in the turn before, and the first question is one of the split's own."""
+    for split in ("train", "eval"):
+        task, singles = ArithmeticFollowUp(split, size=200), ArithmeticWithTool(split)
+        firsts = {json.dumps(singles[i]["messages"]) for i in range(len(singles))}
+        for example in (task[i] for i in range(len(task))):
+            question, first_answer, follow_up, answer = example["messages"]
+            assert json.dumps([question, first_answer]) in firsts
+            call, output = answer["content"][:2]
+            assert call["text"].startswith(first_answer["content"][1]["text"] + " ")
+            assert calculate(call["text"]) == output["text"] == example["answer"]
+            text = "".join(part["text"] for part in answer["content"])
+            assert task.score(example, text) and not task.score(example, text + " so 99999")
+
+
 def test_arithmetic_train_and_eval_are_drawn_apart_and_repeatable():
     train, evals = ArithmeticWithTool("train"), ArithmeticWithTool("eval")
     assert (len(train), len(evals)) == (10_000, 500)
@@ -79,6 +95,7 @@ def test_generated_tasks_ask_eval_questions_only_in_held_out_wordings(tiny_home)
     """Every task that makes questions from templates: the wordings its eval split asks in are never
     trained on, and both splits use many of them."""
     makers = [lambda split: ArithmeticWithTool(split, size=3000), lambda split: Identity(split, size=3000),
+              lambda split: ArithmeticFollowUp(split, size=1000),
               lambda split: SpellingBee.from_corpus(tiny_home, split, 3000),
               lambda split: Spelling.from_corpus(tiny_home, split, 3000)]
     for make in makers:
@@ -183,8 +200,8 @@ def test_no_eval_item_is_a_training_item_in_any_task_with_both_splits(tiny_home)
             overlap = asked(train) & asked(evals[train.name])
             assert not overlap, f"{train.name}: {len(overlap)} eval items are training items, e.g. {min(overlap)}"
             checked.append(train.name)
-    assert {"arithmetic", "spelling_bee", "spelling", "identity", "multi_turn", "chitchat", "chatterbot",
-            "mathematics", "mc_practice", "pretraining_text"} <= set(checked)
+    assert {"arithmetic", "arithmetic_follow_up", "spelling_bee", "spelling", "identity", "multi_turn", "chitchat",
+            "chatterbot", "mathematics", "mc_practice", "pretraining_text"} <= set(checked)
 
 
 def test_the_tool_output_is_masked_and_the_call_is_trained(tiny_tokenizer):
@@ -231,6 +248,16 @@ def test_identity_scores_the_behaviour_it_asks_for():
     assert task.score(unanswerable, "Sorry, I can’t answer that.") and not task.score(unanswerable, "It is Paris.")
     with pytest.raises(UserError, match="split must be one of train, eval"):
         ArithmeticWithTool("test")
+
+
+def test_identity_questions_may_follow_a_greeting_and_are_answered_as_questions():
+    """"Hello! Who are you?" is a who question: the reply names picochat, it does not just say hello."""
+    task = Identity("train")
+    examples = [task[i] for i in range(len(task))]
+    greeted = [e for e in examples if e["behaviour"] == "who" and e["template"].lower().startswith(("hi", "hello"))]
+    assert greeted and all("picochat" in e["messages"][-1]["content"] for e in greeted)
+    social = [e for e in examples if e["behaviour"] in ("greeting", "thanks", "goodbye")]
+    assert all(e["template"] in BEHAVIOURS[e["behaviour"]][0] for e in social)  # never "Hi! Thanks!"
 
 
 def test_multi_turn_conversations_hold_only_their_split(tiny_home):

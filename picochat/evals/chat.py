@@ -4,15 +4,15 @@ Two kinds of task, both batched across problems:
 - categorical (ARC, MMLU): one prefill of the question; the answer is the letter whose logit is highest
   among the choices' letters. The model's unrestricted first token tells whether it would answer with a
   letter at all (`letter_rate`).
-- generative (GSM8K, HumanEval, SpellingBee, arithmetic, spelling, identity): the engine answers greedily,
+- generative (GSM8K, HumanEval, SpellingBee, arithmetic and its follow-ups, spelling, identity): the engine answers greedily,
   the calculator included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
   often the model ended its answer itself rather than running into --max-tokens.
 
 ChatCORE is nanochat's: the mean over its six chat tasks (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval,
 SpellingBee) of the accuracy centred against random guessing, (acc - r) / (1 - r), with r = 1/choices for
-categorical tasks and 0 for generative ones. Arithmetic, spelling and identity are reported on their own
-lines, outside ChatCORE: the model trains on problems made by the same code, though asked in other words
-(tasks/phrasing.py holds some wordings out of training). Every accuracy comes with its standard error.
+categorical tasks and 0 for generative ones. Arithmetic (and its follow-ups), spelling and identity are
+reported on their own lines, outside ChatCORE: the model trains on problems made by the same code, though
+asked in other words (tasks/phrasing.py holds some wordings out of training). Every accuracy comes with its standard error.
 Results, and which sandbox ran HumanEval's programs, go to $PICOCHAT_HOME/evals/<stage>_chat.json.
 
     picochat eval chat --max-problems 100 --tasks arc_easy,gsm8k
@@ -38,7 +38,7 @@ from picochat.evals.rerun import RerunConfig, earlier_results
 from picochat.sandbox import describe as describe_sandbox
 from picochat.tasks import Task
 from picochat.tasks.arc import ARC
-from picochat.tasks.arithmetic import ArithmeticWithTool
+from picochat.tasks.arithmetic import ArithmeticFollowUp, ArithmeticWithTool
 from picochat.tasks.gsm8k import GSM8K
 from picochat.tasks.humaneval import HumanEval
 from picochat.tasks.identity import Identity
@@ -54,6 +54,7 @@ CHAT_TASKS: dict[str, Callable[..., Task]] = {
     "humaneval": lambda home: HumanEval.from_package(home),
     "spelling_bee": lambda home: SpellingBee.from_corpus(home, "eval"),
     "arithmetic": lambda home: ArithmeticWithTool("eval"),
+    "arithmetic_follow_up": lambda home: ArithmeticFollowUp("eval"),
     "spelling": lambda home: Spelling.from_corpus(home, "eval"),
     "identity": lambda home: Identity("eval"),
 }

@@ -108,6 +108,20 @@ WORD_PROBLEMS = [
      "{r} {thing} are left in the pack."),
 ]
 ANSWER = "The answer is {r}."
+# Follow-ups about the result of the turn before: (calculator expression, question); {r} is that result
+FOLLOW_UPS = [
+    ("{r} + {b}", "And what is that plus {b}?"), ("{r} * {b}", "Now multiply that by {b}."),
+    ("{r} - {b}", "What if you take away {b}?"), ("{r} / 2", "And half of that?"),
+    ("{r} + {b}", "Add {b} to that."), ("{r} * 2", "Double it."), ("{r} / {b}", "Now divide that by {b}."),
+    ("{r} - {b}", "and minus {b}?"), ("{r} * {b}", "What's that times {b}?"), ("{r} + {b}", "plus {b}?"),
+    ("{r} - {b}", "Subtract {b} from the answer."), ("{r} * {b}", "and if I multiply it by {b}?"),
+    ("{r} / {b}", "Divide the result by {b}."), ("{r} + {b}", "What do I get if I add {b} to it?"),
+    ("{r} ** 2", "What's that squared?"), ("{r} * 3", "And three times that?"),
+    ("{r} - {b}", "Now take {b} away from it."), ("{r} + {b}", "and that plus {b}"),
+    ("{r} * {b}", "Multiply the answer by {b}."), ("{r} / {b}", "what is that divided by {b}?"),
+    ("{r} * {b}", "OK, and times {b}?"), ("{r} - {b}", "What's left if I subtract {b}?"),
+    ("{r} + {b}", "Then add {b}."), ("{r} * 10", "And ten times that?"),
+]
 EVAL_SHARE = 10  # one question in 10 is an eval question
 
 
@@ -205,3 +219,28 @@ class ArithmeticWithTool(GeneratedTask):
 
     def score(self, example: dict, answer: str) -> bool:
         return final_number(answer) == final_number(example["answer"])
+
+
+class ArithmeticFollowUp(ArithmeticWithTool):
+    """Two turns: an arithmetic question of the split, then one about its result ("and what is that plus
+    100?"), which the model finds in its own earlier calculator output, as the server and the web page send
+    it back. The follow-ups are held out like the frames, so an eval conversation ends in a wording never
+    trained on."""
+    name = "arithmetic_follow_up"
+    SIZES = {"train": 2_000, "eval": 200}
+
+    def make(self, index: int) -> dict:
+        rng = random.Random(f"follow_up-{self.split}-{index}")
+        first = super().make(rng.randrange(ArithmeticWithTool.SIZES[self.split]))
+        while not first["answer"].lstrip("-").isdigit() or len(first["answer"]) > 6:  # whole, not huge
+            first = super().make(rng.randrange(ArithmeticWithTool.SIZES[self.split]))
+        expression, template = rng.choice(held_out(FOLLOW_UPS, self.split))
+        b = rng.choice([rng.randint(2, 12), rng.randint(2, 99), rng.randint(2, 99), rng.randint(100, 999), 100])
+        expression = expression.format(r=first["answer"], b=b)
+        question = casual(template.format(b=say_number(b, rng)), rng)
+        result = calculate(expression)
+        answer = [{"type": "python", "text": expression}, {"type": "python_output", "text": result},
+                  {"type": "text", "text": " " + ANSWER.format(r=result)}]
+        messages = first["messages"] + [{"role": "user", "content": question},
+                                        {"role": "assistant", "content": answer}]
+        return {"messages": messages, "answer": result, "template": template}

@@ -3,7 +3,8 @@
 It greets, thanks and says goodbye like a chat assistant; says what it is (picochat, a tiny model trained on
 one computer in minutes), what it can do (arithmetic with its calculator, spelling and counting letters)
 and what it cannot; and to a question it cannot answer (facts, news, long writing) it says so in a short
-honest reply instead of inventing text. The eval split asks in wordings held out from training
+honest reply instead of inventing text. A question may come after a greeting ("Hi! Who are you?"): the
+question is what it answers. The eval split asks in wordings held out from training
 (phrasing.held_out) and scores the behaviour, which a word of the reply shows: it names itself, says
 "can't", says hello back.
 
@@ -16,7 +17,7 @@ import random
 import re
 
 from picochat.tasks import GeneratedTask
-from picochat.tasks.phrasing import casual, held_out
+from picochat.tasks.phrasing import casual, chatty, held_out
 
 CAN = "I can do arithmetic with my calculator, spell words and count their letters."
 CANNOT = "I'm a tiny model, so I don't know facts or news, and I can't write long texts."
@@ -57,6 +58,7 @@ BEHAVIOURS = {
                   [f"{CANNOT} {CAN}", f"Not everything. {CANNOT}", f"{CANNOT} I make mistakes too."],
                   ("can't", "don't", "not")),
 }
+SOCIAL = ("greeting", "thanks", "goodbye")  # said on their own; the others may come after a "Hi!"
 # Questions it cannot answer: a template and what it is about
 UNANSWERABLE = [
     "What is the capital of {place}?", "Who is the president of {place}?", "What's the population of {place}?",
@@ -102,12 +104,14 @@ class Identity(GeneratedTask):
         rng = random.Random(f"identity-{self.split}-{index}")
         behaviour = rng.choice(list(BEHAVIOURS) + ["unanswerable"] * 2)
         if behaviour == "unanswerable":
-            template = rng.choice(held_out(UNANSWERABLE, self.split))
+            template = chatty(rng.choice(held_out(UNANSWERABLE, self.split)), rng, self.split)
             question = template.format(**{key: rng.choice(values) for key, values in SUBJECTS.items()})
             reply, expect = rng.choice(SORRY).format(cannot=CANNOT), ["can't", "don't"]
         else:
             questions, replies, words = BEHAVIOURS[behaviour]
             template = question = rng.choice(held_out(questions, self.split))
+            if behaviour not in SOCIAL:  # "Hello! Who are you?" asks who it is: the question wins
+                template = question = chatty(question, rng, self.split)
             reply, expect = rng.choice(replies), list(words)
         return {"messages": [{"role": "user", "content": casual(question, rng)},
                              {"role": "assistant", "content": reply}],
