@@ -6,7 +6,7 @@ line and exits 2 (a UserError); any other exception is a bug in picochat and kee
 
     picochat data prepare --source offline
     picochat tokenizer train --vocab-size 4096
-    picochat train --stage base --depth 4
+    picochat train --stage base --depth 3
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 # Knobs (environment variables; picochat checks them all before the first step):
 #   PICOCHAT_HOME    where everything goes (default ~/.cache/picochat; ~/.cache/picochat-smoke with SMOKE)
 #   BASE_MINUTES     minutes of base training (default 8); MID_MINUTES (default 2.5), SFT_MINUTES (default 2)
-#   DEPTH            transformer blocks of the base model (default 4; width is 64 x depth)
+#   DEPTH            transformer blocks of the base model (default 3; width is 64 x depth)
 #   VOCAB_SIZE       tokenizer vocabulary (default 4096)
 #   DATA_SOURCE      auto | offline | fineweb (default auto: FineWeb-Edu if reachable, else offline)
 #   CORE_PROBLEMS    items per CORE task in the base eval (default 50)
@@ -50,8 +50,8 @@ pipeline() {
         run picochat tokenizer train --vocab-size "${VOCAB_SIZE:-4096}"
     fi
     run picochat tokenizer eval
-    step "3/9 base model: depth ${DEPTH:-4}, ${BASE_MINUTES:-8} minutes of training"
-    train_stage base --time-budget "${BASE_MINUTES:-8}" --depth "${DEPTH:-4}"
+    step "3/9 base model: depth ${DEPTH:-3}, ${BASE_MINUTES:-8} minutes of training"
+    train_stage base --time-budget "${BASE_MINUTES:-8}" --depth "${DEPTH:-3}"
     step "4/9 base eval: val bpb and CORE"
     evaluate base --max-problems "${CORE_PROBLEMS:-50}"
     step "5/9 mid-training: ${MID_MINUTES:-2.5} minutes"
