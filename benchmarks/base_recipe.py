@@ -1,6 +1,6 @@
 """Base val bpb after the same minutes of training, recipe against recipe, side by side on one machine.
 
-    python benchmarks/base_recipe.py        # main before issue 22, main before rows of 256, today's defaults: 8 min each
+    python benchmarks/base_recipe.py        # main before issue 22, main before depth 3, today's defaults: 8 min each
     python benchmarks/base_recipe.py --minutes 4 --recipes "default,vocab=8192 --max-seq-len 512" --repeats 2
 
 Each recipe trains a base model from scratch with `picochat train --stage base --time-budget M`, in a home
@@ -33,13 +33,15 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "base_recipe.json"
 EVAL_TOKENS = 4 * 65536
 # name -> (vocabulary, `picochat train` flags). "main-2026-12-06" spells out every setting main used before
 # issue 22's changes, so it stays that recipe when the defaults move; "rows-512" is main after its vocab
-# change and before base's rows of 256 (ce84a56); "default" is whatever the defaults are now.
+# change and before base's rows of 256 (ce84a56); "depth-4" is main before depth 3; "default" is whatever
+# the defaults are now.
 MAIN_2026_12_06 = ["--depth", "4", "--max-seq-len", "512", "--device-batch-size", "16", "--matrix-lr", "0.02",
                    "--embedding-lr", "0.2", "--unembedding-lr", "0.004", "--warmup-ratio", "0",
                    "--warmdown-ratio", "0.2", "--final-lr-frac", "0"]
 RECIPES: dict[str, tuple[int, list[str]]] = {
     "main-2026-12-06": (8192, MAIN_2026_12_06),
     "rows-512": (4096, MAIN_2026_12_06),
+    "depth-4": (4096, ["--depth", "4", "--max-seq-len", "256", "--device-batch-size", "32"]),
     "default": (TokenizerTrainConfig.vocab_size, []),
 }
 
@@ -75,7 +77,7 @@ def prepare_home(root: Path, name: str, vocab: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="training minutes per run (default 8)")
-    parser.add_argument("--recipes", default="main-2026-12-06,rows-512,default",
+    parser.add_argument("--recipes", default="main-2026-12-06,depth-4,default",
                         help="comma-separated recipe names (or ad hoc 'vocab=N --flag v'); the first is the baseline")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each recipe, in turns")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
