@@ -143,7 +143,8 @@ def print_setup(config, optim_config, stage, runtime: Runtime, model, grad_accum
     settings = [describe(part) for part in (config, optim_config, stage.settings) if part is not None]
     print0(f"stage {stage.name} on {runtime.device} ({runtime.dtype}), {runtime.world_size} process(es)")
     print0("\n".join(settings))
-    print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} head{'s' * (c.n_head > 1)} of {c.head_dim} ({c.n_kv_head} kv); "
+    heads = f"{c.n_head} head{'s' * (c.n_head > 1)} of {c.head_dim} ({c.n_kv_head} kv)"
+    print0(f"model: {c.n_layer} layers x {c.n_embd} wide, {heads}; "
            f"{model.num_params()['total']:,} params, {model.flops_per_token(config.max_seq_len):.3g} FLOPs/token")
     if stage.name == "rl":  # its rows are as long as each prompt and answer: tokens are counted as they run
         print0(f"batch: {config.device_batch_size} problems x {stage.settings.rl_samples} samples per process and "

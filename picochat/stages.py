@@ -107,7 +107,8 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
     """Conversations from PyPI packages (ChitChat, ChatterBot, mathematics problems), the tasks picochat
     makes by code (multiple-choice practice; arithmetic, SpellingBee and spelling through the calculator;
     identity; multi-turn conversations of those, and follow-ups on an earlier result), and the online
-    datasets where `picochat data download-chat` fetched them. The weights are examples per epoch, per example of the task:
+    datasets where `picochat data download-chat` fetched them. The weights are examples per epoch, per
+    example of the task:
     - ChitChat's people talk about their own lives: a little of it teaches conversation, much of it teaches
       the model to invent a life.
     - Arithmetic and SpellingBee twice, multiple-choice practice and the mathematics problems 0.3: on the

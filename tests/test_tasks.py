@@ -64,7 +64,7 @@ def test_arithmetic_follow_ups_compute_on_the_earlier_result():
         task, singles = ArithmeticFollowUp(split, size=200), ArithmeticWithTool(split)
         firsts = {json.dumps(singles[i]["messages"]) for i in range(len(singles))}
         for example in (task[i] for i in range(len(task))):
-            question, first_answer, follow_up, answer = example["messages"]
+            question, first_answer, _, answer = example["messages"]
             assert json.dumps([question, first_answer]) in firsts
             call, output = answer["content"][:2]
             assert call["text"].startswith(first_answer["content"][1]["text"] + " ")

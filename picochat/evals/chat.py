@@ -4,16 +4,16 @@ Two kinds of task, both batched across problems:
 - categorical (ARC, MMLU): one prefill of the question; the answer is the letter whose logit is highest
   among the choices' letters. The model's unrestricted first token tells whether it would answer with a
   letter at all (`letter_rate`).
-- generative (GSM8K, HumanEval, SpellingBee, arithmetic and its follow-ups, spelling, identity): the engine answers greedily,
-  the calculator included, and the task scores the text (HumanEval runs the code in the sandbox). `stop_rate` says how
-  often the model ended its answer itself rather than running into --max-tokens.
+- generative (GSM8K, HumanEval, SpellingBee, arithmetic and its follow-ups, spelling, identity): the engine
+  answers greedily, the calculator included, and the task scores the text (HumanEval runs the code in the
+  sandbox). `stop_rate` says how often the model ended its answer itself rather than running into --max-tokens.
 
 ChatCORE is nanochat's: the mean over its six chat tasks (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval,
 SpellingBee) of the accuracy centred against random guessing, (acc - r) / (1 - r), with r = 1/choices for
 categorical tasks and 0 for generative ones. Arithmetic (and its follow-ups), spelling and identity are
 reported on their own lines, outside ChatCORE: the model trains on problems made by the same code, though
-asked in other words (tasks/phrasing.py holds some wordings out of training). Every accuracy comes with its standard error.
-Results, and which sandbox ran HumanEval's programs, go to $PICOCHAT_HOME/evals/<stage>_chat.json.
+asked in other words (tasks/phrasing.py holds some wordings out of training). Every accuracy comes with its
+standard error. Results, and which sandbox ran HumanEval's programs, go to $PICOCHAT_HOME/evals/<stage>_chat.json.
 
     picochat eval chat --max-problems 100 --tasks arc_easy,gsm8k
 """
