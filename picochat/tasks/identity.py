@@ -97,22 +97,19 @@ class Identity(GeneratedTask):
 
     SIZES = {"train": 2_000, "eval": 200}
 
-    def __init__(self, split: str = "train", size: int = 0):
-        super().__init__(split, size)
-
     def make(self, index: int) -> dict:
         rng = random.Random(f"identity-{self.split}-{index}")
         behaviour = rng.choice(list(BEHAVIOURS) + ["unanswerable"] * 2)
         if behaviour == "unanswerable":
-            template = chatty(rng.choice(held_out(UNANSWERABLE, self.split)), rng, self.split)
-            question = template.format(**{key: rng.choice(values) for key, values in SUBJECTS.items()})
+            template = rng.choice(held_out(UNANSWERABLE, self.split))
             reply, expect = rng.choice(SORRY).format(cannot=CANNOT), ["can't", "don't"]
         else:
             questions, replies, words = BEHAVIOURS[behaviour]
-            template = question = rng.choice(held_out(questions, self.split))
-            if behaviour not in SOCIAL:  # "Hello! Who are you?" asks who it is: the question wins
-                template = question = chatty(question, rng, self.split)
+            template = rng.choice(held_out(questions, self.split))
             reply, expect = rng.choice(replies), list(words)
+        if behaviour not in SOCIAL:  # "Hello! Who are you?" asks who it is: the question wins
+            template = chatty(template, rng, self.split)
+        question = template.format(**{key: rng.choice(values) for key, values in SUBJECTS.items()})
         return {"messages": [{"role": "user", "content": casual(question, rng)},
                              {"role": "assistant", "content": reply}],
                 "behaviour": behaviour, "expect": expect, "template": template}
