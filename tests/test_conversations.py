@@ -18,7 +18,7 @@ from picochat.tasks.pretraining_text import PretrainingText
 
 
 def mixture():
-    return [(ArithmeticWithTool("train", size=40), 1.0), (Identity(size=10), 2.0)]
+    return [(ArithmeticWithTool("train", size=40), 1.0), (Identity("train", size=10), 2.0)]
 
 
 def test_targets_are_the_assistant_tokens_only(tiny_tokenizer):
@@ -65,10 +65,10 @@ def test_ranks_take_disjoint_examples(tiny_tokenizer):
 
 
 def test_a_finite_loader_stops_and_bad_mixtures_are_refused(tiny_tokenizer):
-    loader = ConversationLoader(tiny_tokenizer, [(Identity(size=3), 1.0)], 1, 32, loop=False)
+    loader = ConversationLoader(tiny_tokenizer, [(Identity("train", size=3), 1.0)], 1, 32, loop=False)
     assert 0 < len(list(loader)) < 10
     with pytest.raises(UserError):
-        ConversationLoader(tiny_tokenizer, [(Identity(size=3), 0.0)], 1, 32)
+        ConversationLoader(tiny_tokenizer, [(Identity("train", size=3), 0.0)], 1, 32)
 
 
 def test_a_conversation_longer_than_a_row_spans_rows(tiny_tokenizer):
