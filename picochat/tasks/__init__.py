@@ -66,6 +66,12 @@ class GeneratedTask(Task):
         raise NotImplementedError
 
 
+def tool_answer(call: str, result: str, sentence: str) -> list[dict]:
+    """An assistant answer through the calculator: the call, its output, and the sentence that reports it."""
+    return [{"type": "python", "text": call}, {"type": "python_output", "text": result},
+            {"type": "text", "text": " " + sentence}]
+
+
 class ListTask(Task):
     """A task whose examples are one list, read once (from a package's archive)."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from picochat.chat import TOOL_CALL_TEXT
 from picochat.common import UserError
 from picochat.data.shards import corpus_dir, iter_texts, split_shards
-from picochat.tasks import GeneratedTask, final_number
+from picochat.tasks import GeneratedTask, final_number, tool_answer
 from picochat.tasks.phrasing import ORDINALS, casual, chatty, held_out
 
 WORD = re.compile(r"\b[a-z]{3,12}\b")  # whole words: a longer one is not cut to its first 12 letters
@@ -103,11 +103,6 @@ def as_asked(word: str, rng: random.Random, template: str) -> tuple[str, str]:
     if template.startswith("{word}"):
         return word, f'"{word}"'
     return (f"the word {word}" if rng.random() < 0.1 and "word {word}" not in template else word), f"' {word}'.strip()"
-
-
-def tool_answer(call: str, result: str, sentence: str) -> list[dict]:
-    return [{"type": "python", "text": call}, {"type": "python_output", "text": result},
-            {"type": "text", "text": " " + sentence}]
 
 
 class WordTask(GeneratedTask):
