@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ def pipeline(home: Path, minutes: float, extra_flags: str = "", extra_env: dict 
            "BASE_MINUTES": str(minutes), "MID_MINUTES": "0.02", "SFT_MINUTES": "0.02", "RL_MINUTES": "0.02",
            "EVAL_PROBLEMS": "2",
            "CORE_PROBLEMS": "2",
+           "RL_MIN_TOKENS_PER_S": "0",  # RL whatever the tiny model's speed; the test of RUN_RL=auto sets its own
            "TRAIN_FLAGS": f"{TINY_TRAIN_FLAGS} {extra_flags}",
            "HTTPS_PROXY": "http://127.0.0.1:9",  # the GPT-2/GPT-4 vocab host probe fails at once
            **(extra_env or {})}
@@ -41,7 +43,7 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert first.returncode == 0, out
     assert "data: corpus already in" in out and "tokenizer: already trained" in out
     assert "bytes/token" in out
-    for stage in ("base", "mid", "sft", "rl"):  # RL runs by default
+    for stage in ("base", "mid", "sft", "rl"):  # RL runs by default where base trained fast enough
         done = json.loads((fresh_home / "checkpoints" / stage / "done.json").read_text())
         assert done["step"] > 0 and done["val_bpb"] > 0, stage
     results = json.loads((fresh_home / "evals" / "rl_chat.json").read_text())["results"]  # the final model's
@@ -58,19 +60,23 @@ def test_pipeline_runs_then_reuses_everything(fresh_home):
     assert again.returncode == 0, out
     assert all(f"{stage}: already trained" in out for stage in ("base", "mid", "sft", "rl"))
 
-    # a tokenizer trained again makes everything after it stale; RUN_RL=0 stops after SFT and evaluates it
-    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_TOKENIZER": "1", "RUN_RL": "0"})
+    # a tokenizer trained again makes everything after it stale; where base trained slower than
+    # RL_MIN_TOKENS_PER_S, RUN_RL=auto (the default) stops after SFT and evaluates it
+    retrained = pipeline(fresh_home, 0.05, extra_env={"FORCE_TOKENIZER": "1", "RL_MIN_TOKENS_PER_S": "100000000"})
     out = retrained.communicate(timeout=300)[0]
     assert retrained.returncode == 0, out
     assert all(f"{stage}: stale: " in out for stage in ("base", "mid", "sft")) and "already trained" not in out
-    assert "7/9 RL: off (RUN_RL=0)" in out and "8/9 chat evals of the sft model" in out
+    speed = re.search(r"7/9 RL: off \(base trained at (\d+) tokens/s, under RL_MIN_TOKENS_PER_S=100000000\)", out)
+    done = json.loads((fresh_home / "checkpoints" / "base" / "done.json").read_text())
+    assert speed and int(speed[1]) == int(done["tokens"] / done["train_seconds"]), out
+    assert "--stage rl" not in out and "8/9 chat evals of the sft model" in out
     assert json.loads((fresh_home / "evals" / "sft_chat.json").read_text())["stage"] == "sft"
     assert list((fresh_home / "checkpoints" / "sft").glob("previous-*"))  # the old SFT run, set aside
 
     wrong = pipeline(fresh_home, 0.05, extra_env={"RUN_RL": "yes"})
     out = wrong.communicate(timeout=60)[0]
     assert wrong.returncode == 2 and out.strip().splitlines()[-1] == (
-        "local_cpu_train.sh: error: RUN_RL must be 0 or 1, got 'yes'")
+        "local_cpu_train.sh: error: RUN_RL must be 0, 1 or auto, got 'yes'")
 
 
 @pytest.mark.slow
