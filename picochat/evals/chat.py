@@ -98,7 +98,8 @@ def evaluate_task(engine: Engine, task: Task, max_problems: int, max_tokens: int
                 correct, in_format = correct + right, in_format + said_letter
             else:
                 answers = engine.complete(prompts, Sampling(temperature=0, max_tokens=max_tokens))
-                correct += sum(task.score(task[index], answer["text"]) for index, answer in zip(indices, answers))
+                correct += sum(task.score_all((task[index], answer["text"])
+                                              for index, answer in zip(indices, answers)))
                 in_format += sum(answer["finish_reason"] == "stop" for answer in answers)
             bar.update(len(indices))
     accuracy = correct / count

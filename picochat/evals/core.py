@@ -146,7 +146,7 @@ def run(args) -> dict:
         return earlier
     # Scoring is all prefill, compute-bound like training: the training dtype (bf16 on a CPU that has it,
     # 2x faster here with the same picks), not the engine's fp32 for decoding.
-    engine = load_engine(home, source, load.step, setup_runtime(load.device, load.dtype))
+    engine = load_engine(home, source, load.step, setup_runtime(load.device, load.dtype, training=False))
     report = {**engine.info}
     if config.eval_tokens:
         start = time.perf_counter()

@@ -12,6 +12,7 @@ under which licence, and which split it is: a split reported as an eval is never
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from picochat.common import UserError
 
@@ -40,6 +41,10 @@ class Task:
     def score(self, example: dict, answer: str) -> bool:
         """Whether a model's answer (visible text) to example's question is right."""
         raise NotImplementedError
+
+    def score_all(self, pairs: Iterable[tuple[dict, str]]) -> list[bool]:
+        """score() of each (example, answer), in order. A task whose scoring waits on processes overrides it."""
+        return [self.score(example, answer) for example, answer in pairs]
 
     def prompt(self, index: int) -> dict:
         """The example without its reference answer: what the model is asked."""
