@@ -155,7 +155,9 @@ def continued_model_config(start: tuple[Path, dict], tokenizer, max_seq_len: int
 
 def load_model_weights(model, checkpoint: dict) -> None:
     """The checkpoint's weights into a model of the same shape (the sequence length may differ)."""
-    ours, theirs = asdict(model.config), {**checkpoint["model_config"], "sequence_len": model.config.sequence_len}
+    # Through GPTConfig, so a checkpoint from before a field existed reads as that field's default.
+    theirs = asdict(GPTConfig(**{**checkpoint["model_config"], "sequence_len": model.config.sequence_len}))
+    ours = asdict(model.config)
     if theirs != ours:
         diff = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs now {ours[k]}" for k in ours if theirs.get(k) != ours[k])
         raise UserError(f"checkpoint model does not match the flags ({diff}); use the same --depth etc.")
@@ -203,8 +205,8 @@ def check_fingerprints(checkpoint: dict, current: dict) -> None:
 
 # Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's, and
 # --if-needed trains a stage again when they change.
-FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "device_batch_size", "total_batch_size",
-                   "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
+FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "tie_embeddings", "device_batch_size",
+                   "total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
                    *(f.name for f in fields(OptimConfig)))
 NOT_RESUMED = ("resume", "if_needed", "home", "stage")  # where the run lives, not how it runs
 

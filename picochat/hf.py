@@ -3,7 +3,8 @@
 
 picochat's GPT is the architecture transformers (5.x) calls `nanochat` (NanoChatForCausalLM): rotary
 embeddings, QK-norm after the rotation, parameter-free RMSNorm (one after the embedding too), relu^2 MLP, no
-biases, an untied head, a tanh soft-cap on the logits, grouped-query attention. So an export is a renaming
+biases, a tanh soft-cap on the logits, grouped-query attention, and a head untied or (--tie-embeddings)
+tied to the embedding. So an export is a renaming
 of the weights plus a config, a `tokenizers` tokenizer.json with the same split regex, merges and special
 tokens, a chat template that renders exactly what the engine prefills, and a model card from the run's own
 files. Needs the optional extra: pip install -e '.[hf]'.
@@ -52,9 +53,10 @@ def require_hf() -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Weights and config: picochat's names and settings <-> NanoChatForCausalLM's
 
-def weight_names(n_layer: int) -> dict[str, str]:
-    """picochat state_dict name -> transformers name (the same tensors, no transposes)."""
-    names = {"wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
+def weight_names(n_layer: int, tied: bool = False) -> dict[str, str]:
+    """picochat state_dict name -> transformers name (the same tensors, no transposes). A tied lm_head is
+    not written: transformers ties it to embed_tokens on load, as it does on save."""
+    names = {"wte.weight": "model.embed_tokens.weight", **({} if tied else {"lm_head.weight": "lm_head.weight"})}
     parts = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
              "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
     for layer in range(n_layer):
@@ -71,7 +73,7 @@ def hf_config(model_config: dict, bos_id: int, end_id: int) -> dict:
             "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
             "max_position_embeddings": c.sequence_len, "hidden_act": "relu2", "attention_dropout": 0.0,
             "rms_norm_eps": RMS_NORM_EPS, "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
-            "final_logit_softcapping": c.softcap, "attention_bias": False, "tie_word_embeddings": False,
+            "final_logit_softcapping": c.softcap, "attention_bias": False, "tie_word_embeddings": c.tie_embeddings,
             "bos_token_id": bos_id, "eos_token_id": end_id, "pad_token_id": end_id}
 
 
@@ -82,7 +84,7 @@ BOOKKEEPING = {"architectures", "model_type", "transformers_version", "dtype", "
                "is_encoder_decoder", "id2label", "label2id", "problem_type", "tokenizer_class", "rope_theta"}
 # field -> (the value picochat's model has, how to say it)
 FIXED = {"hidden_act": ("relu2", "a relu^2 MLP"), "attention_bias": (False, "no biases"),
-         "tie_word_embeddings": (False, "an untied lm_head"), "attention_dropout": (0.0, "no attention dropout")}
+         "attention_dropout": (0.0, "no attention dropout")}
 
 
 def model_config_from_hf(config: dict, where: Path) -> GPTConfig:
@@ -118,8 +120,9 @@ def _shape_from_hf(config: dict, refuse) -> GPTConfig:
     if heads % kv_heads:
         raise refuse(f"num_key_value_heads={kv_heads} that do not divide {heads} heads")
     return GPTConfig(sequence_len=config.get("max_position_embeddings", 2048),
-                     vocab_size=config.get("vocab_size", 50304), n_layer=config.get("num_hidden_layers", 12), n_embd=width, n_head=heads, n_kv_head=kv_heads,
-                     softcap=float(softcap))
+                     vocab_size=config.get("vocab_size", 50304), n_layer=config.get("num_hidden_layers", 12),
+                     n_embd=width, n_head=heads, n_kv_head=kv_heads, softcap=float(softcap),
+                     tie_embeddings=bool(config.get("tie_word_embeddings", False)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,8 +338,11 @@ def write_weights(checkpoint: dict, path: Path, metadata: dict) -> None:
     """model.safetensors in transformers' names, written here with sorted keys: safetensors' own writer
     orders metadata by a hash seeded per process, and an export must be the same bytes each time (export
     -> import -> export is byte-identical)."""
-    names = weight_names(checkpoint["model_config"]["n_layer"])
-    state = checkpoint["model"]
+    c = GPTConfig(**checkpoint["model_config"])
+    names = weight_names(c.n_layer, c.tie_embeddings)
+    state = dict(checkpoint["model"])
+    if c.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as wte.weight
     if set(state) != set(names):
         raise UserError(f"the checkpoint's weights ({len(state)}) are not picochat's GPT's ({len(names)})")
     tensors = sorted((names[name], tensor.detach().contiguous()) for name, tensor in state.items())
@@ -389,7 +395,8 @@ def model_card(home: Path, stage: str, checkpoint: dict, where: str) -> str:
              "custom code.")
     shape = (f"## Model\n\n{c.n_layer} layers, width {c.n_embd}, {c.n_head} heads ({c.n_kv_head} key/value), "
              f"vocabulary {c.vocab_size:,}, context {c.sequence_len:,} tokens; rotary embeddings, QK-norm, "
-             "parameter-free RMSNorm, relu^2 MLP, untied head, logits soft-capped at "
+             f"parameter-free RMSNorm, relu^2 MLP, {'tied' if c.tie_embeddings else 'untied'} head, logits "
+             "soft-capped at "
              f"{c.softcap:g}.")
     evals = (evals_section(runs, {}) if any(run.evals for run in runs) else
              "## Evals\n\nNo evals were run on this model's stages (`picochat eval` writes evals/*.json).")
@@ -488,7 +495,7 @@ def read_weights(hf_dir: Path, model_config: GPTConfig) -> tuple[dict, dict]:
     if not all((hf_dir / shard).is_file() for shard in shards):
         raise UserError(f"{hf_dir} has no {WEIGHTS_FILE} (or shards named in {INDEX_FILE}): only safetensors "
                         "weights are imported")
-    ours = {theirs: name for name, theirs in weight_names(model_config.n_layer).items()}
+    ours = {theirs: name for name, theirs in weight_names(model_config.n_layer, model_config.tie_embeddings).items()}
     state, metadata = {}, {}
     for shard in shards:
         with safe_open(str(hf_dir / shard), framework="pt") as f:
@@ -501,6 +508,8 @@ def read_weights(hf_dir: Path, model_config: GPTConfig) -> tuple[dict, dict]:
     missing = sorted(set(ours.values()) - set(state))
     if missing:
         raise UserError(f"{hf_dir} lacks {len(missing)} weight(s) picochat's model needs, e.g. {missing[0]!r}")
+    if model_config.tie_embeddings:  # one tensor under both names, as a tied model's state_dict has it
+        state["lm_head.weight"] = state["wte.weight"]
     check_shapes(state, model_config, hf_dir)
     return state, metadata
 

@@ -1,7 +1,8 @@
 """The GPT: a depth-parameterised Transformer, in the modern nanochat style.
 
 - rotary position embeddings, no learned positions; QK-norm; RMSNorm without learnable parameters
-- relu^2 MLP, no biases anywhere, untied token embedding and lm_head, tanh soft-cap on the logits
+- relu^2 MLP, no biases anywhere, tanh soft-cap on the logits; the token embedding and lm_head are two
+  matrices, or one with tie_embeddings
 - grouped-query attention (n_kv_head < n_head); generation passes the engine's KV cache through
 - with targets, forward() returns the loss from loss.py's fused lm_head + cross-entropy, so the full
   (tokens x vocab) logits never exist at once.
@@ -31,6 +32,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: int = 4          # < n_head: grouped-query attention
     softcap: float = 15.0       # logits = softcap * tanh(logits / softcap)
+    tie_embeddings: bool = False  # one matrix reads tokens in and writes them out (transformers' tie_word_embeddings)
 
     def __post_init__(self):
         # The fused loss exponentiates capped logits without subtracting the max; exp(80) is still finite.
@@ -39,7 +41,7 @@ class GPTConfig:
 
     @classmethod
     def from_depth(cls, depth: int, vocab_size: int, sequence_len: int, head_dim: int = 0,
-                   kv_head_ratio: int = 1) -> "GPTConfig":
+                   kv_head_ratio: int = 1, tie_embeddings: bool = False) -> "GPTConfig":
         """Everything follows from depth: width = 64 * depth (nanochat's aspect ratio)."""
         n_embd = depth * 64
         head_dim = head_dim or 128  # wide heads: attention kernels run faster at 128 than at 64 on CPU too
@@ -51,7 +53,7 @@ class GPTConfig:
             raise UserError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
                             f"{depth}; choose another ratio, --depth or --head-dim")
         return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_embd=n_embd,
-                   n_head=n_head, n_kv_head=n_head // kv_head_ratio)
+                   n_head=n_head, n_kv_head=n_head // kv_head_ratio, tie_embeddings=tie_embeddings)
 
     @property
     def head_dim(self) -> int:
@@ -126,6 +128,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
         # Rotary tables cover 10x the training length so generation can run past it.
         cos, sin = rotary_tables(config.sequence_len * 10, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
@@ -139,7 +143,9 @@ class GPT(nn.Module):
                 fan_out, fan_in = module.weight.shape
                 nn.init.normal_(module.weight, std=1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in)))
         nn.init.normal_(self.wte.weight, std=1.0)
-        nn.init.normal_(self.lm_head.weight, std=0.001)  # start from near-uniform predictions
+        # Start from near-uniform predictions. A tied matrix keeps this small init too: the embedding is
+        # RMS-normed before the first block, so its scale does not matter there.
+        nn.init.normal_(self.lm_head.weight, std=0.001)
         for block in self.blocks:  # residual branches start as identity
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
@@ -191,16 +197,17 @@ class GPT(nn.Module):
 
     def num_params(self) -> dict[str, int]:
         embedding = self.wte.weight.numel()
-        head = self.lm_head.weight.numel()
-        total = sum(p.numel() for p in self.parameters())
+        head = 0 if self.config.tie_embeddings else self.lm_head.weight.numel()
+        total = sum(p.numel() for p in self.parameters())  # parameters() gives a tied matrix once
         return {"total": total, "embedding": embedding, "lm_head": head, "blocks": total - embedding - head}
 
     def flops_per_token(self, sequence_len: int = 0) -> float:
-        """Training FLOPs per token as nanochat counts them: 6 x non-embedding params + attention over rows of
-        sequence_len tokens (default: the model's context)."""
+        """Training FLOPs per token as nanochat counts them: 6 x the matmuls' params (blocks and lm_head, tied
+        or not; the embedding is a lookup) + attention over rows of sequence_len tokens (default: the model's
+        context)."""
         c = self.config
         attention = 12 * c.n_layer * c.n_embd * (sequence_len or c.sequence_len)
-        return 6 * (self.num_params()["total"] - self.wte.weight.numel()) + attention
+        return 6 * (self.num_params()["blocks"] + self.lm_head.weight.numel()) + attention
 
     def describe(self) -> dict:
         return {**asdict(self.config), "params": self.num_params(), "flops_per_token": self.flops_per_token()}

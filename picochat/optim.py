@@ -1,7 +1,7 @@
 """Optimisers and the learning-rate schedule.
 
 Muon (momentum + Newton-Schulz orthogonalisation) trains the 2-D weight matrices inside the blocks;
-AdamW trains the token embedding and the lm_head. Under torchrun the gradients arrive already summed over
+AdamW trains the token embedding and the lm_head (one matrix when they are tied). Under torchrun the gradients arrive already summed over
 ranks, so every rank computes the same update. The schedule is a function of progress (0..1), so the same
 code serves a fixed number of steps and a time budget.
 """
@@ -91,15 +91,17 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(model, config: OptimConfig, compute_dtype: torch.dtype) -> list[torch.optim.Optimizer]:
-    """AdamW for embedding + lm_head, Muon for everything in the blocks (all 2-D, no biases)."""
+    """AdamW for embedding + lm_head, Muon for everything in the blocks (all 2-D, no biases). A tied matrix
+    trains at the lm_head's LR: base at 5x that learned worse (val bpb 1.700 against 1.680, depth 3)."""
     width_scale = (model.config.n_embd / 768) ** -0.5  # nanochat tuned the AdamW LRs at width 768
     matrices = list(model.blocks.parameters())
     assert all(p.dim() == 2 for p in matrices), "Muon only handles matrices"
     fused = model.lm_head.weight.device.type == "cuda"
-    adamw = torch.optim.AdamW([
-        dict(params=[model.wte.weight], lr=config.embedding_lr * width_scale),
-        dict(params=[model.lm_head.weight], lr=config.unembedding_lr * width_scale),
-    ], betas=(0.8, 0.95), eps=1e-10, weight_decay=config.weight_decay, fused=fused or None)
+    head = dict(params=[model.lm_head.weight], lr=config.unembedding_lr * width_scale)
+    embedding = dict(params=[model.wte.weight], lr=config.embedding_lr * width_scale)
+    groups = [head] if model.config.tie_embeddings else [embedding, head]
+    adamw = torch.optim.AdamW(groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=config.weight_decay,
+                              fused=fused or None)
     ns_dtype = torch.bfloat16 if compute_dtype == torch.bfloat16 else torch.float32
     muon = Muon(matrices, lr=config.matrix_lr, ns_dtype=ns_dtype)
     optimizers = [adamw, muon]

@@ -45,6 +45,8 @@ class TrainConfig:
     max_seq_len: int = option(512, "tokens per training sequence")
     head_dim: int = option(0, "target attention head size: width // head_dim heads, at least one (0: 128)")
     kv_head_ratio: int = option(1, "query heads per key/value head (>1: grouped-query attention)")
+    tie_embeddings: bool = option(False, "one matrix for the token embedding and the lm_head, trained at "
+                                         "--unembedding-lr")
     # batch
     device_batch_size: int = option(16, "sequences per micro-batch on each process")
     total_batch_size: int = option(0, "tokens per optimizer step over all processes; gradient "
@@ -166,7 +168,7 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
     init = None if resume else load_init(config.home_path, stage)
     model_config = (continued_model_config(resume or init, tokenizer, config.max_seq_len) if resume or init else
                     GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
-                                         config.kv_head_ratio))
+                                         config.kv_head_ratio, config.tie_embeddings))
     grad_accum = gradient_accumulation_steps(config, runtime.world_size)
     model = GPT(model_config).to(runtime.device)
     optimizers = build_optimizers(model, optim_config, runtime.dtype)

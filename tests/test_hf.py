@@ -181,6 +181,33 @@ def test_export_import_export_is_byte_identical(exported, trained_home, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), engine.model.state_dict().values()))
 
 
+def test_a_tied_model_exports_as_tie_word_embeddings_and_comes_back_tied(tiny_home, tmp_path):
+    """--tie-embeddings: transformers' loader ties lm_head to embed_tokens, and the logits are picochat's."""
+    from safetensors import safe_open
+
+    home = Path(shutil.copytree(tiny_home, tmp_path / "home"))
+    run(flags_dict(*TINY, *SHAPE, "--tie-embeddings", "--num-iterations", "20", "--home", str(home)))
+    out = tmp_path / "export"
+    hf.export({"out_dir": str(out), "source": "base", "home": str(home)})
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    assert "relu^2 MLP, tied head" in (out / "README.md").read_text()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert theirs.config.tie_word_embeddings
+    assert theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr()
+    model, _, _ = load_model(home, "base")
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)).abs().max().item() < 1e-4
+    imported = tmp_path / "imported"
+    hf.import_model({"hf_dir": str(out), "stage": "base", "home": str(imported)})
+    back, _, _ = load_model(imported, "base")
+    assert back.lm_head.weight is back.wte.weight and torch.equal(back.wte.weight, model.wte.weight)
+    again = tmp_path / "again"
+    hf.export({"out_dir": str(again), "source": "base", "home": str(imported)})
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
 def test_an_imported_model_starts_the_next_stage(exported, tiny_home, tmp_path):
     home = Path(shutil.copytree(tiny_home, tmp_path / "home"))  # the same tokenizer: accepted
     hf.import_model({"hf_dir": str(exported), "stage": "mid", "home": str(home)})
@@ -210,7 +237,6 @@ def copy_export(exported: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("change, named", [
     ({"sliding_window": 128}, "'sliding_window'"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"tie_word_embeddings": True}, "tie_word_embeddings=True"),
     ({"model_type": "llama"}, "model_type 'llama'"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}}, "rope_parameters"),
     ({"final_logit_softcapping": None}, "final_logit_softcapping=None"),

@@ -83,6 +83,21 @@ def test_from_depth_and_accounting():
         GPTConfig.from_depth(7, 8192, 512)
 
 
+def test_tied_embeddings_are_one_matrix_counted_once():
+    untied, tied = GPT(tiny_config()), GPT(tiny_config(tie_embeddings=True))
+    assert tied.lm_head.weight is tied.wte.weight
+    assert tied.num_params()["total"] == untied.num_params()["total"] - 256 * 64
+    assert tied.num_params()["lm_head"] == 0 and tied.num_params()["blocks"] == untied.num_params()["blocks"]
+    assert tied.flops_per_token() == untied.flops_per_token()  # the lm_head matmul runs either way
+    assert tied.wte.weight.std().item() == pytest.approx(0.001, rel=0.1)  # the head's small init
+    # A checkpoint holds the matrix under both names; loading one keeps the model tied.
+    source = randomized(GPT(tiny_config(tie_embeddings=True)))
+    tied.load_state_dict(source.state_dict())
+    assert tied.lm_head.weight is tied.wte.weight and torch.equal(tied.wte.weight, source.wte.weight)
+    idx = torch.randint(0, 256, (1, 8))
+    assert torch.allclose(tied(idx), source(idx))
+
+
 def test_fresh_model_predicts_near_uniform():
     model = GPT(tiny_config())
     idx = torch.randint(0, 256, (2, 16))

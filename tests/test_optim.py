@@ -36,11 +36,15 @@ def test_optim_config_rejects_bad_values_naming_the_flag():
         OptimConfig(warmup_ratio=0.7, warmdown_ratio=0.5)
 
 
-def test_build_optimizers_covers_every_parameter_once_and_set_lr_scales():
-    model = GPT(GPTConfig(sequence_len=16, vocab_size=128, n_layer=2, n_embd=64, n_head=1, n_kv_head=1))
+@pytest.mark.parametrize("tied", [False, True])
+def test_build_optimizers_covers_every_parameter_once_and_set_lr_scales(tied):
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=128, n_layer=2, n_embd=64, n_head=1, n_kv_head=1,
+                          tie_embeddings=tied))
     adamw, muon = build_optimizers(model, OptimConfig(), torch.float32)
     seen = [id(p) for opt in (adamw, muon) for g in opt.param_groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    head_lr = OptimConfig().unembedding_lr * (64 / 768) ** -0.5
+    assert adamw.param_groups[-1]["lr"] == pytest.approx(head_lr)  # a tied matrix too trains at the head's LR
     assert all(p.dim() == 2 for g in muon.param_groups for p in g["params"])
     set_lr([adamw, muon], 0.5)
     assert muon.param_groups[0]["lr"] == pytest.approx(0.5 * OptimConfig().matrix_lr)

@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 from helpers import TINY, flags_dict, losses, lrs, step_records, train_cli, val_bpbs
 from picochat import step as step_module
 from picochat import train as train_module
-from picochat.checkpoint import list_checkpoints, load_latest
+from picochat.checkpoint import list_checkpoints, load_latest, load_model
 from picochat.common import UserError
 from picochat.runtime import Runtime
 from picochat.data.shards import corpus_dir, write_corpus
@@ -291,7 +291,7 @@ def test_resume_continues_the_same_run_with_its_own_settings(home, tmp_path, mon
 @pytest.mark.parametrize("flag, value", [("--time-budget", "1"), ("--num-iterations", "20"),
                                          ("--device-batch-size", "4"), ("--max-seq-len", "16"),
                                          ("--total-batch-size", "128"), ("--matrix-lr", "0.01"),
-                                         ("--warmdown-ratio", "0.5"), ("--seed", "7")])
+                                         ("--warmdown-ratio", "0.5"), ("--seed", "7"), ("--tie-embeddings", "true")])
 def test_resume_refuses_a_flag_that_changes_the_run(home, flag, value):
     run(flags_dict(*TINY, "--num-iterations", "2", "--home", str(home)))
     with pytest.raises(UserError, match=rf"^{flag} \S+ differs from the run being resumed \(\S+\); "):
@@ -455,6 +455,28 @@ def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
     # the shape came from mid's checkpoint (depth 1), not --depth 3; the sequence length from the flag
     assert checkpoint["model_config"]["n_layer"] == 1 and checkpoint["model_config"]["sequence_len"] == 64
     assert "starting from mid checkpoint" in capsys.readouterr().out
+
+
+def test_tied_embeddings_resume_exactly_and_carry_to_later_stages(home, tmp_path, monkeypatch):
+    flags = (*TINY, "--tie-embeddings", "--num-iterations", "8", "--eval-every", "4", "--save-every", "3")
+    reference = tmp_path / "reference"
+    assert run_interrupted(home, reference, monkeypatch, flags, 3).step == 8
+    assert losses(home) == losses(reference)
+    run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "2", "--home", str(home)))
+    _, checkpoint = load_latest(home / "checkpoints" / "mid")
+    assert checkpoint["model_config"]["tie_embeddings"] is True  # from base's checkpoint, not a flag
+    model, _, _ = load_model(home, "mid")
+    assert model.lm_head.weight is model.wte.weight
+    assert model.num_params()["lm_head"] == 0
+
+
+def test_a_checkpoint_from_before_tie_embeddings_existed_still_loads_and_resumes(home):
+    run(flags_dict(*TINY, "--num-iterations", "2", "--save-every", "1", "--home", str(home)))
+    path, checkpoint = load_latest(home / "checkpoints" / "base")
+    del checkpoint["model_config"]["tie_embeddings"], checkpoint["config"]["tie_embeddings"]
+    torch.save(checkpoint, path)
+    assert load_model(home, "base")[0].lm_head.weight is not load_model(home, "base")[0].wte.weight
+    assert run(flags_dict("--resume", "--home", str(home))).step == 2
 
 
 def test_a_stage_with_shorter_rows_keeps_the_longest_context_the_model_trained_at(home):
