@@ -206,7 +206,8 @@ def check_fingerprints(checkpoint: dict, current: dict) -> None:
 # Settings that decide the model, the data order or the LR schedule: a resumed run keeps the checkpoint's, and
 # --if-needed trains a stage again when they change.
 FIXED_ON_RESUME = ("depth", "max_seq_len", "head_dim", "kv_head_ratio", "tie_embeddings", "device_batch_size",
-                   "total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio", "seed", "rl_samples", "rl_max_tokens",
+                   "total_batch_size", "num_iterations", "time_budget", "target_param_data_ratio", "seed",
+                   "rl_samples", "rl_max_tokens",
                    *(f.name for f in fields(OptimConfig)))
 NOT_RESUMED = ("resume", "if_needed", "home", "stage")  # where the run lives, not how it runs
 

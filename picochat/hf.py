@@ -4,10 +4,9 @@
 picochat's GPT is the architecture transformers (5.x) calls `nanochat` (NanoChatForCausalLM): rotary
 embeddings, QK-norm after the rotation, parameter-free RMSNorm (one after the embedding too), relu^2 MLP, no
 biases, a tanh soft-cap on the logits, grouped-query attention, and a head untied or (--tie-embeddings)
-tied to the embedding. So an export is a renaming
-of the weights plus a config, a `tokenizers` tokenizer.json with the same split regex, merges and special
-tokens, a chat template that renders exactly what the engine prefills, and a model card from the run's own
-files. Needs the optional extra: pip install -e '.[hf]'.
+tied to the embedding. So an export is a renaming of the weights plus a config, a `tokenizers`
+tokenizer.json with the same split regex, merges and special tokens, a chat template that renders exactly
+what the engine prefills, and a model card from the run's own files. Needs the optional extra: pip install -e '.[hf]'.
 
     picochat export --source sft --out-dir hf/picochat-d4
     picochat import --hf-dir hf/picochat-d4 --stage sft --home /tmp/other-home
@@ -396,8 +395,7 @@ def model_card(home: Path, stage: str, checkpoint: dict, where: str) -> str:
     shape = (f"## Model\n\n{c.n_layer} layers, width {c.n_embd}, {c.n_head} heads ({c.n_kv_head} key/value), "
              f"vocabulary {c.vocab_size:,}, context {c.sequence_len:,} tokens; rotary embeddings, QK-norm, "
              f"parameter-free RMSNorm, relu^2 MLP, {'tied' if c.tie_embeddings else 'untied'} head, logits "
-             "soft-capped at "
-             f"{c.softcap:g}.")
+             f"soft-capped at {c.softcap:g}.")
     evals = (evals_section(runs, {}) if any(run.evals for run in runs) else
              "## Evals\n\nNo evals were run on this model's stages (`picochat eval` writes evals/*.json).")
     sections = [intro, shape, usage_section(where), training_section(runs, checkpoint), evals]
@@ -495,7 +493,7 @@ def read_weights(hf_dir: Path, model_config: GPTConfig) -> tuple[dict, dict]:
     if not all((hf_dir / shard).is_file() for shard in shards):
         raise UserError(f"{hf_dir} has no {WEIGHTS_FILE} (or shards named in {INDEX_FILE}): only safetensors "
                         "weights are imported")
-    ours = {theirs: name for name, theirs in weight_names(model_config.n_layer, model_config.tie_embeddings).items()}
+    ours = {theirs: name for name, theirs in weight_names(model_config.n_layer).items()}
     state, metadata = {}, {}
     for shard in shards:
         with safe_open(str(hf_dir / shard), framework="pt") as f:
@@ -505,10 +503,13 @@ def read_weights(hf_dir: Path, model_config: GPTConfig) -> tuple[dict, dict]:
                     raise UserError(f"{hf_dir / shard} holds {key!r}, which picochat's model does not have; "
                                     "not imported")
                 state[ours[key]] = f.get_tensor(key).float()
-    missing = sorted(set(ours.values()) - set(state))
+    missing = sorted(set(weight_names(model_config.n_layer, model_config.tie_embeddings)) - set(state))
     if missing:
         raise UserError(f"{hf_dir} lacks {len(missing)} weight(s) picochat's model needs, e.g. {missing[0]!r}")
     if model_config.tie_embeddings:  # one tensor under both names, as a tied model's state_dict has it
+        if "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["wte.weight"]):
+            raise UserError(f"{hf_dir}'s config ties the embeddings, but its lm_head.weight differs from "
+                            "embed_tokens; not imported")
         state["lm_head.weight"] = state["wte.weight"]
     check_shapes(state, model_config, hf_dir)
     return state, metadata

@@ -206,6 +206,17 @@ def test_a_tied_model_exports_as_tie_word_embeddings_and_comes_back_tied(tiny_ho
     again = tmp_path / "again"
     hf.export({"out_dir": str(again), "source": "base", "home": str(imported)})
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # A tied model written with its lm_head too imports when the two are the same, and is refused if not.
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(out / "model.safetensors")
+    embedding = tensors["model.embed_tokens.weight"]
+    for head, accepted in ((embedding.clone(), True), (embedding + 1, False)):
+        save_file({**tensors, "lm_head.weight": head}, again / "model.safetensors")
+        if accepted:
+            hf.import_model({"hf_dir": str(again), "stage": "base", "home": str(imported)})
+        else:
+            with pytest.raises(UserError, match="ties the embeddings, but its lm_head.weight differs"):
+                hf.import_model({"hf_dir": str(again), "stage": "base", "home": str(imported)})
 
 
 def test_an_imported_model_starts_the_next_stage(exported, tiny_home, tmp_path):
