@@ -399,18 +399,20 @@ def test_bf16_trains_and_its_first_steps_match_fp32(home, tmp_path, compile):
 # ---- data parallel on CPU: the CLI under torchrun, 2 processes, gloo ------------------------------------
 
 @pytest.mark.slow
-def test_torchrun_cli_trains_and_resumes_with_two_processes(home):
+@pytest.mark.parametrize("shape", [[], ["--tie-embeddings"]])  # DDP with one matrix under two names too
+def test_torchrun_cli_trains_and_resumes_with_two_processes(home, shape):
     """The real CLI under torchrun: each rank has its own loader position, and resuming from an earlier
     checkpoint repeats the run's own losses exactly."""
     env = {**os.environ, "PICOCHAT_HOME": str(home)}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "picochat.cli", "train"]
-    first = subprocess.run(base + [*TINY, "--eval-every", "2", "--num-iterations", "6", "--save-every", "3"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    flags = [*TINY, *shape, "--eval-every", "2", "--num-iterations", "6", "--save-every", "3"]
+    first = subprocess.run(base + flags, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     out = home / "checkpoints" / "base"
     _, checkpoint = load_latest(out)
     assert len(checkpoint["loaders"]) == 2 and checkpoint["loaders"][0] != checkpoint["loaders"][1]
+    assert checkpoint["model_config"]["tie_embeddings"] == bool(shape)
     uninterrupted = losses(home)
     second = subprocess.run(base + ["--resume", str(out / "step_000003.pt")], env=env, capture_output=True,
                             text=True, timeout=300)
