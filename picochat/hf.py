@@ -6,7 +6,8 @@ embeddings, QK-norm after the rotation, parameter-free RMSNorm (one after the em
 biases, a tanh soft-cap on the logits, grouped-query attention, and a head untied or (--tie-embeddings)
 tied to the embedding. So an export is a renaming of the weights plus a config, a `tokenizers`
 tokenizer.json with the same split regex, merges and special tokens, a chat template that renders exactly
-what the engine prefills, and a model card from the run's own files. Needs the optional extra: pip install -e '.[hf]'.
+what the engine prefills, and a model card from the run's own files. Needs the optional extra:
+pip install -e '.[hf]'.
 
     picochat export --source sft --out-dir hf/picochat-d4
     picochat import --hf-dir hf/picochat-d4 --stage sft --home /tmp/other-home
@@ -55,7 +56,9 @@ def require_hf() -> None:
 def weight_names(n_layer: int, tied: bool = False) -> dict[str, str]:
     """picochat state_dict name -> transformers name (the same tensors, no transposes). A tied lm_head is
     not written: transformers ties it to embed_tokens on load, as it does on save."""
-    names = {"wte.weight": "model.embed_tokens.weight", **({} if tied else {"lm_head.weight": "lm_head.weight"})}
+    names = {"wte.weight": "model.embed_tokens.weight"}
+    if not tied:
+        names["lm_head.weight"] = "lm_head.weight"
     parts = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
              "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
     for layer in range(n_layer):
