@@ -33,15 +33,17 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "base_recipe.json"
 EVAL_TOKENS = 4 * 65536
 # name -> (vocabulary, `picochat train` flags). "main-2026-12-06" spells out every setting main used before
 # issue 22's changes, so it stays that recipe when the defaults move; "rows-512" is main after its vocab
-# change and before base's rows of 256 (ce84a56); "depth-4" is main before depth 3; "default" is whatever
-# the defaults are now.
+# change and before base's rows of 256 (ce84a56); "depth-4" is main before depth 3; "untied" is main before
+# tied embeddings; "default" is whatever the defaults are now.
 MAIN_2026_12_06 = ["--depth", "4", "--max-seq-len", "512", "--device-batch-size", "16", "--matrix-lr", "0.02",
                    "--embedding-lr", "0.2", "--unembedding-lr", "0.004", "--warmup-ratio", "0",
-                   "--warmdown-ratio", "0.2", "--final-lr-frac", "0"]
+                   "--warmdown-ratio", "0.2", "--final-lr-frac", "0", "--tie-embeddings", "false"]
 RECIPES: dict[str, tuple[int, list[str]]] = {
     "main-2026-12-06": (8192, MAIN_2026_12_06),
     "rows-512": (4096, MAIN_2026_12_06),
-    "depth-4": (4096, ["--depth", "4", "--max-seq-len", "256", "--device-batch-size", "32"]),
+    "depth-4": (4096, ["--depth", "4", "--max-seq-len", "256", "--device-batch-size", "32",
+                       "--tie-embeddings", "false"]),
+    "untied": (4096, ["--tie-embeddings", "false"]),
     "default": (TokenizerTrainConfig.vocab_size, []),
 }
 

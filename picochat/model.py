@@ -1,8 +1,8 @@
 """The GPT: a depth-parameterised Transformer, in the modern nanochat style.
 
 - rotary position embeddings, no learned positions; QK-norm; RMSNorm without learnable parameters
-- relu^2 MLP, no biases anywhere, tanh soft-cap on the logits; the token embedding and lm_head are two
-  matrices, or one with tie_embeddings
+- relu^2 MLP, no biases anywhere, tanh soft-cap on the logits; the token embedding and lm_head are one
+  matrix with tie_embeddings (`picochat train`'s default), else two
 - grouped-query attention (n_kv_head < n_head); generation passes the engine's KV cache through
 - with targets, forward() returns the loss from loss.py's fused lm_head + cross-entropy, so the full
   (tokens x vocab) logits never exist at once.

@@ -116,13 +116,16 @@ def chat_mixture(config, split: str) -> list[tuple[Task, float]]:
       each), arithmetic went from 66% to 70% and SpellingBee from 54% to 58%; a third weight for
       SpellingBee did not help it (53%). Multiple-choice practice is 11% of the tokens, nearly all of them
       untrained prompt, and ARC and MMLU stay at chance anyway. The mathematics problems answer "Is ...?"
-      with "True", which the model gave to "Is there a g in believed? How many?"."""
+      with "True", which the model gave to "Is there a g in believed? How many?".
+    - Follow-ups on an earlier result twice: the tied model (the default) copies a number from its own
+      earlier turn worse than an untied one; twice per epoch took it from 50% to 61% of follow-ups over
+      three seeds, and identity from 48% to 59% (it did nothing for an untied model)."""
     home = config.home_path
     made = [(ArithmeticWithTool(split), 2.0), (SpellingBee.from_corpus(home, split), 2.0),
             (Spelling.from_corpus(home, split), 1.0), (Identity(split), 1.0)]
     tasks = [(ChitChat.from_package(home, split), 0.1), (ChatterBot.from_package(home, split), 1.0),
              (Mathematics.from_package(home, split), 0.3), (MultipleChoicePractice.from_sources(home, split), 0.3)]
-    tasks += made + [(MultiTurn(split, [task for task, _ in made]), 1.0), (ArithmeticFollowUp(split), 1.0)]
+    tasks += made + [(MultiTurn(split, [task for task, _ in made]), 1.0), (ArithmeticFollowUp(split), 2.0)]
     return tasks + [(task, 1.0) for task in downloaded_tasks(home, split)]
 
 

@@ -181,20 +181,50 @@ def test_export_import_export_is_byte_identical(exported, trained_home, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), engine.model.state_dict().values()))
 
 
-def test_a_tied_model_exports_as_tie_word_embeddings_and_comes_back_tied(tiny_home, tmp_path):
-    """--tie-embeddings: transformers' loader ties lm_head to embed_tokens, and the logits are picochat's."""
+def test_the_default_tied_model_exports_as_tie_word_embeddings_and_comes_back_tied(exported, hf_model, trained_home,
+                                                                                   tmp_path):
+    """The default ties the embeddings: transformers' loader ties lm_head to embed_tokens (its logits are
+    picochat's: the first test), and import makes one matrix of them again."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(exported / "model.safetensors"), framework="pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    assert "relu^2 MLP, tied head" in (exported / "README.md").read_text()
+    assert hf_model.config.tie_word_embeddings
+    assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
+    model, _, _ = load_model(trained_home, "sft")
+    imported = tmp_path / "imported"
+    hf.import_model({"hf_dir": str(exported), "stage": "sft", "home": str(imported)})
+    back, _, _ = load_model(imported, "sft")
+    assert back.lm_head.weight is back.wte.weight and torch.equal(back.wte.weight, model.wte.weight)
+    # A tied model written with its lm_head too imports when the two are the same, and is refused if not.
+    written = Path(shutil.copytree(exported, tmp_path / "with-head"))
+    tensors = load_file(exported / "model.safetensors")
+    embedding = tensors["model.embed_tokens.weight"]
+    for head, accepted in ((embedding.clone(), True), (embedding + 1, False)):
+        save_file({**tensors, "lm_head.weight": head}, written / "model.safetensors")
+        if accepted:
+            hf.import_model({"hf_dir": str(written), "stage": "sft", "home": str(imported)})
+        else:
+            with pytest.raises(UserError, match="ties the embeddings, but its lm_head.weight differs"):
+                hf.import_model({"hf_dir": str(written), "stage": "sft", "home": str(imported)})
+
+
+def test_an_untied_model_exports_its_lm_head_and_comes_back_untied(tiny_home, tmp_path):
+    """--tie-embeddings false: two matrices, written and loaded as two, with picochat's logits."""
     from safetensors import safe_open
 
     home = Path(shutil.copytree(tiny_home, tmp_path / "home"))
-    run(flags_dict(*TINY, *SHAPE, "--tie-embeddings", "--num-iterations", "20", "--home", str(home)))
+    run(flags_dict(*TINY, *SHAPE, "--tie-embeddings", "false", "--num-iterations", "20", "--home", str(home)))
     out = tmp_path / "export"
     hf.export({"out_dir": str(out), "source": "base", "home": str(home)})
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
-        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
-    assert "relu^2 MLP, tied head" in (out / "README.md").read_text()
+        assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(f.keys())
+    assert "relu^2 MLP, untied head" in (out / "README.md").read_text()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert theirs.config.tie_word_embeddings
-    assert theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr()
+    assert not theirs.config.tie_word_embeddings
+    assert theirs.lm_head.weight.data_ptr() != theirs.model.embed_tokens.weight.data_ptr()
     model, _, _ = load_model(home, "base")
     ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -202,21 +232,11 @@ def test_a_tied_model_exports_as_tie_word_embeddings_and_comes_back_tied(tiny_ho
     imported = tmp_path / "imported"
     hf.import_model({"hf_dir": str(out), "stage": "base", "home": str(imported)})
     back, _, _ = load_model(imported, "base")
-    assert back.lm_head.weight is back.wte.weight and torch.equal(back.wte.weight, model.wte.weight)
+    assert back.lm_head.weight is not back.wte.weight
+    assert torch.equal(back.wte.weight, model.wte.weight) and torch.equal(back.lm_head.weight, model.lm_head.weight)
     again = tmp_path / "again"
     hf.export({"out_dir": str(again), "source": "base", "home": str(imported)})
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
-    # A tied model written with its lm_head too imports when the two are the same, and is refused if not.
-    from safetensors.torch import load_file, save_file
-    tensors = load_file(out / "model.safetensors")
-    embedding = tensors["model.embed_tokens.weight"]
-    for head, accepted in ((embedding.clone(), True), (embedding + 1, False)):
-        save_file({**tensors, "lm_head.weight": head}, again / "model.safetensors")
-        if accepted:
-            hf.import_model({"hf_dir": str(again), "stage": "base", "home": str(imported)})
-        else:
-            with pytest.raises(UserError, match="ties the embeddings, but its lm_head.weight differs"):
-                hf.import_model({"hf_dir": str(again), "stage": "base", "home": str(imported)})
 
 
 def test_an_imported_model_starts_the_next_stage(exported, tiny_home, tmp_path):

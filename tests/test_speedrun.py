@@ -115,6 +115,7 @@ def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path):
         assert any(command.startswith(expected) for command in printed), (expected, printed)
     base = train_command(out, "base")
     assert "--nproc_per_node=8" in base and "--max-seq-len" in base and "--total-batch-size" in base
+    assert "--tie-embeddings false" in " ".join(base)  # nanochat's d20 shape, not the CPU model's tied default
     assert train_command(out, "rl") and any(command.startswith("eval chat --source rl") for command in printed)
     assert not home.exists()  # nothing ran: no home, no downloads
 

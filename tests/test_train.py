@@ -291,7 +291,7 @@ def test_resume_continues_the_same_run_with_its_own_settings(home, tmp_path, mon
 @pytest.mark.parametrize("flag, value", [("--time-budget", "1"), ("--num-iterations", "20"),
                                          ("--device-batch-size", "4"), ("--max-seq-len", "16"),
                                          ("--total-batch-size", "128"), ("--matrix-lr", "0.01"),
-                                         ("--warmdown-ratio", "0.5"), ("--seed", "7"), ("--tie-embeddings", "true")])
+                                         ("--warmdown-ratio", "0.5"), ("--seed", "7"), ("--tie-embeddings", "false")])
 def test_resume_refuses_a_flag_that_changes_the_run(home, flag, value):
     run(flags_dict(*TINY, "--num-iterations", "2", "--home", str(home)))
     with pytest.raises(UserError, match=rf"^{flag} \S+ differs from the run being resumed \(\S+\); "):
@@ -393,26 +393,27 @@ def test_bf16_trains_and_its_first_steps_match_fp32(home, tmp_path, compile):
     for step in (1, 2, 3):
         assert bf16[step] == pytest.approx(fp32[step], rel=0.01)
     assert any(bf16[step] != fp32[step] for step in (2, 3))  # bf16 really ran (step 1's logits are ~0 in both)
-    assert sum(bf16[s] for s in range(26, 31)) / 5 < 0.8 * bf16[1]
+    late_bf16, late_fp32 = (sum(run_losses[s] for s in range(26, 31)) / 5 for run_losses in (bf16, fp32))
+    assert late_bf16 < 0.9 * bf16[1] and late_bf16 == pytest.approx(late_fp32, rel=0.03)  # learns as fp32 does
 
 
 # ---- data parallel on CPU: the CLI under torchrun, 2 processes, gloo ------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", [[], ["--tie-embeddings"]])  # DDP with one matrix under two names too
-def test_torchrun_cli_trains_and_resumes_with_two_processes(home, shape):
+@pytest.mark.parametrize("tied", [True, False])  # DDP with one matrix under two names, and with two
+def test_torchrun_cli_trains_and_resumes_with_two_processes(home, tied):
     """The real CLI under torchrun: each rank has its own loader position, and resuming from an earlier
     checkpoint repeats the run's own losses exactly."""
     env = {**os.environ, "PICOCHAT_HOME": str(home)}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "picochat.cli", "train"]
-    flags = [*TINY, *shape, "--eval-every", "2", "--num-iterations", "6", "--save-every", "3"]
+    flags = [*TINY, "--tie-embeddings", str(tied), "--eval-every", "2", "--num-iterations", "6", "--save-every", "3"]
     first = subprocess.run(base + flags, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     out = home / "checkpoints" / "base"
     _, checkpoint = load_latest(out)
     assert len(checkpoint["loaders"]) == 2 and checkpoint["loaders"][0] != checkpoint["loaders"][1]
-    assert checkpoint["model_config"]["tie_embeddings"] == bool(shape)
+    assert checkpoint["model_config"]["tie_embeddings"] == tied
     uninterrupted = losses(home)
     second = subprocess.run(base + ["--resume", str(out / "step_000003.pt")], env=env, capture_output=True,
                             text=True, timeout=300)
@@ -459,26 +460,28 @@ def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
     assert "starting from mid checkpoint" in capsys.readouterr().out
 
 
-def test_tied_embeddings_resume_exactly_and_carry_to_later_stages(home, tmp_path, monkeypatch):
-    flags = (*TINY, "--tie-embeddings", "--num-iterations", "8", "--eval-every", "4", "--save-every", "3")
+@pytest.mark.parametrize("tied", [True, False])
+def test_tied_or_untied_embeddings_resume_exactly_and_carry_to_later_stages(home, tmp_path, monkeypatch, tied):
+    flags = (*TINY, "--tie-embeddings", str(tied), "--num-iterations", "8", "--eval-every", "4", "--save-every", "3")
     reference = tmp_path / "reference"
     assert run_interrupted(home, reference, monkeypatch, flags, 3).step == 8
     assert losses(home) == losses(reference)
     run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "2", "--home", str(home)))
     _, checkpoint = load_latest(home / "checkpoints" / "mid")
-    assert checkpoint["model_config"]["tie_embeddings"] is True  # from base's checkpoint, not a flag
+    assert checkpoint["model_config"]["tie_embeddings"] is tied  # from base's checkpoint, not a flag
     model, _, _ = load_model(home, "mid")
-    assert model.lm_head.weight is model.wte.weight
-    assert model.num_params()["lm_head"] == 0
+    assert (model.lm_head.weight is model.wte.weight) == tied
+    assert model.num_params()["lm_head"] == (0 if tied else model.wte.weight.numel())
 
 
 def test_a_checkpoint_from_before_tie_embeddings_existed_still_loads_and_resumes(home):
-    run(flags_dict(*TINY, "--num-iterations", "2", "--save-every", "1", "--home", str(home)))
+    run(flags_dict(*TINY, "--tie-embeddings", "false", "--num-iterations", "2", "--save-every", "1",
+                   "--home", str(home)))
     path, checkpoint = load_latest(home / "checkpoints" / "base")
     del checkpoint["model_config"]["tie_embeddings"], checkpoint["config"]["tie_embeddings"]
     torch.save(checkpoint, path)
     model, _, _ = load_model(home, "base")
-    assert model.lm_head.weight is not model.wte.weight  # a missing key reads as the default: untied
+    assert model.lm_head.weight is not model.wte.weight  # a missing key reads as untied, as such runs were
     assert run(flags_dict("--resume", "--home", str(home))).step == 2
 
 
