@@ -4,10 +4,10 @@
 picochat's GPT is the architecture transformers (5.x) calls `nanochat` (NanoChatForCausalLM): rotary
 embeddings, QK-norm after the rotation, parameter-free RMSNorm (one after the embedding too), relu^2 MLP, no
 biases, a tanh soft-cap on the logits, grouped-query attention, and a head tied to the embedding (the
-default) or not (--tie-embeddings false). So an export is a renaming of the weights plus a config, a `tokenizers`
-tokenizer.json with the same split regex, merges and special tokens, a chat template that renders exactly
-what the engine prefills, and a model card from the run's own files. Needs the optional extra:
-pip install -e '.[hf]'.
+default) or not (--tie-embeddings false). So an export is a renaming of the weights plus a config, a
+`tokenizers` tokenizer.json with the same split regex, merges and special tokens, a chat template that
+renders exactly what the engine prefills, and a model card from the run's own files. Needs the optional
+extra: pip install -e '.[hf]'.
 
     picochat export --source sft --out-dir hf/picochat-d4
     picochat import --hf-dir hf/picochat-d4 --stage sft --home /tmp/other-home
