@@ -5,7 +5,7 @@ gradient accumulation over both ranks' batches. Rank 1 starts from other weights
 replace them with rank 0's. Each run saves the gradients of its first step (before any update) and its
 final model and optimizer state dicts, for the test to compare tensor by tensor.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR [tied|untied]
 """
 
 import sys
@@ -46,24 +46,25 @@ def train(runtime: Runtime, model: GPT, ranks_per_step: list[int], grad_sync: st
             "optimizers": [optimizer.state_dict() for optimizer in optimizers]}
 
 
-def fresh_model(seed: int = 0) -> GPT:
+def fresh_model(seed: int = 0, tied: bool = False) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_embd=64, n_head=1, n_kv_head=1))
+    return GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_embd=64, n_head=1, n_kv_head=1,
+                         tie_embeddings=tied))
 
 
-def main(out: Path) -> None:
+def main(out: Path, tied: bool) -> None:
     runtime = setup_runtime("cpu", "float32")
     for grad_sync in ("overlap", "after"):
         for micro_batches in (1, 2):
-            torch.save(train(runtime, fresh_model(seed=runtime.rank), [runtime.rank], grad_sync, micro_batches),
+            torch.save(train(runtime, fresh_model(runtime.rank, tied), [runtime.rank], grad_sync, micro_batches),
                        out / f"{grad_sync}-{micro_batches}-rank{runtime.rank}.pt")
     if runtime.rank == 0:
         single_runtime = Runtime(torch.device("cpu"), torch.float32)
-        torch.save(train(single_runtime, fresh_model(), [0, 1]), out / "single.pt")
+        torch.save(train(single_runtime, fresh_model(0, tied), [0, 1]), out / "single.pt")
     dist.barrier()
     dist.destroy_process_group()
     end_torchrun_worker(0)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:] == ["tied"])

@@ -402,7 +402,9 @@ def one_process_step(home: Path, ranks: list[int], monkeypatch) -> dict:
     with monkeypatch.context() as patch:
         patch.setitem(STAGES, "base", reading_as_ranks)
         total = 2 * 32 * len(ranks)  # TINY's 2 rows of 32 tokens per rank
-        train.run(flags_dict(*TINY, "--num-iterations", "1", "--total-batch-size", str(total), "--home", str(home)))
+        # untied, as speedrun.slurm's GPU recipe trains base
+        train.run(flags_dict(*TINY, "--tie-embeddings", "false", "--num-iterations", "1", "--total-batch-size",
+                             str(total), "--home", str(home)))
     return load_checkpoint(checkpoint_dir(home, "base") / "step_000001.pt")["model"]
 
 

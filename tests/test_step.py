@@ -112,7 +112,8 @@ def tensors(tree) -> list[tuple[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_matches_one_process(tmp_path):
+@pytest.mark.parametrize("shape", ["untied", "tied"])  # tied: one parameter that two modules use
+def test_two_process_gloo_matches_one_process(tmp_path, shape):
     """2 gloo processes equal 1 process accumulating both ranks' batches: the first step's gradients,
     every loss, and every parameter and optimizer buffer after 4 steps, whether DDP syncs the gradients
     during backward (overlap) or all-reduces follow it (after). Averaging the gradients over ranks instead
@@ -121,7 +122,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     all runs identical batches."""
     worker = Path(__file__).parent / "ddp_worker.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), str(tmp_path)]
+               str(worker), str(tmp_path), shape]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
