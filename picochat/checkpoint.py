@@ -29,7 +29,7 @@ import torch.distributed as dist
 from picochat.common import UserError, atomic_path, picochat_home
 from picochat.config import flag_name, option
 from picochat.engine import Engine
-from picochat.model import GPT, GPTConfig
+from picochat.model import GPT, GPTConfig, heads_for
 from picochat.optim import OptimConfig
 from picochat.runtime import Runtime, inference_runtime, print0
 from picochat.stages import STAGES
@@ -226,6 +226,24 @@ def resumed_settings(given: dict, checkpoint: dict) -> dict:
                             "without --resume")
         print0(f"resume: {flag_name(name)} is now {value} (was {saved[name]})")
     return saved
+
+
+def continued_shape(given: dict, start: tuple[Path, dict]) -> dict:
+    """The shape settings of a later stage: those of the model in the checkpoint it goes on from (mid from
+    base's, or its own on resume), so that its log, checkpoints and fingerprint say what it trains. A shape
+    flag the user typed must describe that model, or the run would silently train another shape than asked."""
+    path, checkpoint = start
+    model = GPTConfig(**checkpoint["model_config"])
+    shape = model.shape_settings()
+    typed = {name: value for name, value in given.items() if name in shape}
+    differs = [name for name, value in typed.items() if value != shape[name]
+               and not (name == "head_dim" and heads_for(model.n_embd, value) == model.n_head)]
+    if differs:
+        asked = ", ".join(f"{flag_name(name)} {typed[name]}" for name in differs)
+        has = ", ".join(f"{flag_name(name)} {shape[name]}" for name in differs)
+        raise UserError(f"{asked}: the model in {path} has {has}, and a later stage trains the model it starts "
+                        "from; drop the flag (it shapes --stage base only)")
+    return shape
 
 
 def load_init(home: Path, stage) -> tuple[Path, dict] | None:

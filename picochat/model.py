@@ -44,11 +44,10 @@ class GPTConfig:
                    kv_head_ratio: int = 1, tie_embeddings: bool = False) -> "GPTConfig":
         """Everything follows from depth: width = 64 * depth (nanochat's aspect ratio)."""
         n_embd = depth * 64
-        head_dim = head_dim or 128  # wide heads: attention kernels run faster at 128 than at 64 on CPU too
-        n_head = max(1, n_embd // head_dim)
+        n_head = heads_for(n_embd, head_dim)
         if n_embd % n_head:
-            raise UserError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim {head_dim} "
-                            "do not divide; choose another --depth or --head-dim")
+            raise UserError(f"depth {depth} gives width {n_embd}, which {n_head} heads of --head-dim "
+                            f"{head_dim or DEFAULT_HEAD_DIM} do not divide; choose another --depth or --head-dim")
         if n_head % kv_head_ratio:
             raise UserError(f"--kv-head-ratio {kv_head_ratio} does not divide the {n_head} head(s) of depth "
                             f"{depth}; choose another ratio, --depth or --head-dim")
@@ -58,6 +57,19 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def shape_settings(self) -> dict:
+        """The values of `picochat train`'s shape flags (TrainConfig) that describe this model."""
+        return {"depth": self.n_layer, "head_dim": self.head_dim, "kv_head_ratio": self.n_head // self.n_kv_head,
+                "tie_embeddings": self.tie_embeddings}
+
+
+DEFAULT_HEAD_DIM = 128  # wide heads: attention kernels run faster at 128 than at 64 on CPU too
+
+
+def heads_for(width: int, head_dim: int) -> int:
+    """Attention heads for a width and a --head-dim target (0: DEFAULT_HEAD_DIM): at least one."""
+    return max(1, width // (head_dim or DEFAULT_HEAD_DIM))
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, continued_model_config, load_init,
-                                 plan_stage, resolve_resume, resumed_settings, run_inputs, save_run, start_from)
+from picochat.checkpoint import (StageLock, check_fingerprints, checkpoint_dir, continued_model_config,
+                                 continued_shape, load_init, plan_stage, resolve_resume, resumed_settings, run_inputs,
+                                 save_run, start_from)
 from picochat.common import UserError, atomic_write_text, picochat_home
 from picochat.config import build, field_names, option, require_at_least
 from picochat.evals.bpb import check_val_batches, evaluate_bpb
@@ -122,7 +123,9 @@ def run(args) -> TrainState:
     config, optim_config, stage = resolve_configs(stage_name, given, None)  # a bad flag fails here, before the disk
     out_dir = checkpoint_dir(config.home_path, stage.name)
     with StageLock(out_dir, enabled=launch_rank() == 0):  # rank 0 owns the directory for the whole job
+        init = load_init(config.home_path, stage)  # where a later stage starts from (None for base)
         if config.if_needed:
+            config, optim_config, stage = resolve_configs(stage_name, given, None, init)
             settings = settings_of(config, optim_config, stage)
             action, why = plan_stage(out_dir, run_inputs(stage, config, load_tokenizer(config.home_path), settings))
             print0(f"{stage.name}: {why}")
@@ -131,23 +134,28 @@ def run(args) -> TrainState:
                 return TrainState(**{name: done[name] for name in field_names(TrainState) if name in done})
             given = {**given, "if_needed": False, "resume": "latest" if action == "resume" else ""}
         resume = resolve_resume(given["resume"], out_dir) if given.get("resume") else None
-        config, optim_config, stage = resolve_configs(stage_name, given, resume[1] if resume else None)
+        config, optim_config, stage = resolve_configs(stage_name, given, resume[1] if resume else None,
+                                                      resume or init)
         runtime = setup_runtime(config.device, config.dtype)
         try:
-            return train(config, optim_config, stage, runtime, resume)
+            return train(config, optim_config, stage, runtime, resume, None if resume else init)
         finally:
             teardown_runtime(runtime)
 
 
-def resolve_configs(stage_name: str, given: dict, checkpoint: dict | None) -> tuple[TrainConfig, OptimConfig, Stage]:
-    """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed. The stage
+def resolve_configs(stage_name: str, given: dict, checkpoint: dict | None,
+                    start: tuple[Path, dict] | None = None) -> tuple[TrainConfig, OptimConfig, Stage]:
+    """defaults <- stage preset <- (on resume) the checkpoint's settings <- flags the user typed, except that a
+    later stage's shape settings are those of the model it goes on from (start: its checkpoint). The stage
     comes back holding its own settings, where it has any (RL's RLConfig)."""
     stage = make_stage(stage_name)
     own_class = type(stage.settings) if stage.settings is not None else None
     unknown = set(stage.preset) - field_names(TrainConfig) - field_names(OptimConfig) - field_names(own_class)
     if unknown:  # a typo in a preset would otherwise be dropped without a word
         raise ValueError(f"stage {stage_name!r} presets unknown setting(s): {', '.join(sorted(unknown))}")
-    preset = {**stage.preset, **(resumed_settings(given, checkpoint) if checkpoint is not None else {})}
+    shape = continued_shape(given, start) if stage.init_from and start is not None else {}  # checks typed flags
+    given = {name: value for name, value in given.items() if name not in shape}
+    preset = {**stage.preset, **(resumed_settings(given, checkpoint) if checkpoint is not None else {}), **shape}
     config, own = build(TrainConfig, given, preset), build(own_class, given, preset) if own_class else None
     if stage.check:
         stage.check(config)
@@ -160,7 +168,8 @@ def settings_of(config: TrainConfig, optim_config: OptimConfig, stage: Stage) ->
 
 
 def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime: Runtime,
-          resume: tuple[Path, dict] | None = None) -> TrainState:
+          resume: tuple[Path, dict] | None = None, init: tuple[Path, dict] | None = None) -> TrainState:
+    """Train from a resumed checkpoint (everything), init (weights: a later stage's start) or scratch."""
     out_dir = checkpoint_dir(config.home_path, stage.name)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.home_path)
@@ -169,7 +178,6 @@ def train(config: TrainConfig, optim_config: OptimConfig, stage: Stage, runtime:
         check_fingerprints(resume[1], {name: fingerprints[name] for name in ("corpus", "tokenizer")})
     batch_shape = (config.device_batch_size, config.max_seq_len)
     check_val_batches(stage.val_batches(tokenizer, config, runtime), runtime, batch_shape)
-    init = None if resume else load_init(config.home_path, stage)
     model_config = (continued_model_config(resume or init, tokenizer, config.max_seq_len) if resume or init else
                     GPTConfig.from_depth(config.depth, tokenizer.vocab_size, config.max_seq_len, config.head_dim,
                                          config.kv_head_ratio, config.tie_embeddings))

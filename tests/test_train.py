@@ -8,6 +8,7 @@ it runs (loss normalisation, gradients summed over ranks) is tested in tests/tes
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -446,18 +447,28 @@ def chat_home(home) -> Path:
 
 
 def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
-    run(flags_dict(*TINY, "--num-iterations", "4", "--home", str(home)))
+    run(flags_dict(*TINY, "--tie-embeddings", "false", "--num-iterations", "4", "--home", str(home)))
     run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "4", "--home", str(home)))
     out = capsys.readouterr().out
     assert f"starting from base checkpoint {home / 'checkpoints' / 'base' / 'step_000004.pt'}" in out
-    chat_home = home
-    state = run(flags_dict(*TINY, "--stage", "sft", "--depth", "3", "--max-seq-len", "64", "--num-iterations", "3",
-                           "--home", str(chat_home)))
+    sft = ["--stage", "sft", "--dtype", "float32", "--compile", "false", "--eval-tokens", "256", "--device", "cpu",
+           "--device-batch-size", "2", "--max-seq-len", "64", "--num-iterations", "3", "--home", str(home)]
+    state = run(flags_dict(*sft))  # no shape flags: TrainConfig's defaults (depth 3, tied) are not the model's
     assert state.step == 3
-    _, checkpoint = load_latest(chat_home / "checkpoints" / "sft")
-    # the shape came from mid's checkpoint (depth 1), not --depth 3; the sequence length from the flag
+    _, checkpoint = load_latest(home / "checkpoints" / "sft")
+    # the shape came from mid's checkpoint (base's: depth 1, untied by TINY); the sequence length from the flag
     assert checkpoint["model_config"]["n_layer"] == 1 and checkpoint["model_config"]["sequence_len"] == 64
-    assert "starting from mid checkpoint" in capsys.readouterr().out
+    # what the log, the checkpoint's settings and the fingerprint say is the model's shape
+    shape = {"depth": 1, "head_dim": 64, "kv_head_ratio": 1, "tie_embeddings": False}
+    assert {name: checkpoint["config"][name] for name in shape} == shape
+    out = capsys.readouterr().out
+    assert "starting from mid checkpoint" in out
+    assert re.search(r" depth += 1\n", out) and re.search(r" tie_embeddings += False\n", out)
+    # a typed shape flag that describes the model is accepted; --head-dim is a target: 0 and 50 give one head
+    assert run(flags_dict(*sft, "--depth", "1", "--head-dim", "50")).step == 3
+    with pytest.raises(UserError, match=r"--depth 3, --tie-embeddings True: the model in .*mid.* has --depth 1, "
+                                        r"--tie-embeddings False.*drop the flag"):
+        run(flags_dict(*sft, "--depth", "3", "--tie-embeddings", "true"))
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -469,6 +480,7 @@ def test_tied_or_untied_embeddings_resume_exactly_and_carry_to_later_stages(home
     run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "2", "--home", str(home)))
     _, checkpoint = load_latest(home / "checkpoints" / "mid")
     assert checkpoint["model_config"]["tie_embeddings"] is tied  # from base's checkpoint, not a flag
+    assert checkpoint["config"]["tie_embeddings"] is tied        # and its settings say so
     model, _, _ = load_model(home, "mid")
     assert (model.lm_head.weight is model.wte.weight) == tied
     assert model.num_params()["lm_head"] == (0 if tied else model.wte.weight.numel())
