@@ -123,7 +123,8 @@ def run(args) -> TrainState:
     config, optim_config, stage = resolve_configs(stage_name, given, None)  # a bad flag fails here, before the disk
     out_dir = checkpoint_dir(config.home_path, stage.name)
     with StageLock(out_dir, enabled=launch_rank() == 0):  # rank 0 owns the directory for the whole job
-        init = load_init(config.home_path, stage)  # where a later stage starts from (None for base)
+        # where a later stage starts from (None for base); a resumed run reads only its own checkpoint
+        init = None if given.get("resume") else load_init(config.home_path, stage)
         if config.if_needed:
             config, optim_config, stage = resolve_configs(stage_name, given, None, init)
             settings = settings_of(config, optim_config, stage)

@@ -486,6 +486,18 @@ def test_tied_or_untied_embeddings_resume_exactly_and_carry_to_later_stages(home
     assert model.num_params()["lm_head"] == (0 if tied else model.wte.weight.numel())
 
 
+def test_a_later_stage_resumes_from_its_own_checkpoint_alone(home, monkeypatch):
+    run(flags_dict(*TINY, "--tie-embeddings", "false", "--num-iterations", "2", "--home", str(home)))
+    mid = (*TINY, "--stage", "mid", "--num-iterations", "4", "--save-every", "1", "--home", str(home))
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        assert run(flags_dict(*mid)).step == 2
+    shutil.rmtree(home / "checkpoints" / "base")
+    assert run(flags_dict("--stage", "mid", "--resume", "--home", str(home))).step == 4
+    _, checkpoint = load_latest(home / "checkpoints" / "mid")
+    assert checkpoint["config"]["depth"] == 1 and checkpoint["config"]["tie_embeddings"] is False
+
+
 def test_a_checkpoint_from_before_tie_embeddings_existed_still_loads_and_resumes(home):
     run(flags_dict(*TINY, "--tie-embeddings", "false", "--num-iterations", "2", "--save-every", "1",
                    "--home", str(home)))
