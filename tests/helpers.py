@@ -21,8 +21,10 @@ from picochat.tasks.core import core_tasks
 from picochat.train import TrainConfig
 
 # A model and batch small enough that a step takes milliseconds.
-TINY = ["--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2", "--dtype", "float32",
-        "--compile", "false", "--eval-tokens", "256", "--device", "cpu"]
+# how a tiny run runs; TINY adds its shape, which a later stage takes from the model it starts from
+TINY_RUN = ["--max-seq-len", "32", "--device-batch-size", "2", "--dtype", "float32", "--compile", "false",
+            "--eval-tokens", "256", "--device", "cpu"]
+TINY = ["--depth", "1", *TINY_RUN]
 
 
 def flags_dict(*flags: str) -> dict:

@@ -23,7 +23,7 @@ pytest.importorskip("safetensors")
 
 import torch  # noqa: E402
 
-from helpers import TINY, error_line, flags_dict  # noqa: E402
+from helpers import TINY, TINY_RUN, error_line, flags_dict  # noqa: E402
 from picochat import cli, hf  # noqa: E402
 from picochat.chat import render_conversation, render_for_completion  # noqa: E402
 from picochat.checkpoint import checkpoint_dir, list_checkpoints, load_engine, load_model  # noqa: E402
@@ -242,7 +242,7 @@ def test_an_untied_model_exports_its_lm_head_and_comes_back_untied(tiny_home, tm
 def test_an_imported_model_starts_the_next_stage(exported, tiny_home, tmp_path):
     home = Path(shutil.copytree(tiny_home, tmp_path / "home"))  # the same tokenizer: accepted
     hf.import_model({"hf_dir": str(exported), "stage": "mid", "home": str(home)})
-    state = run(flags_dict(*TINY, "--stage", "sft", "--num-iterations", "1", "--home", str(home)))
+    state = run(flags_dict(*TINY_RUN, "--stage", "sft", "--num-iterations", "1", "--home", str(home)))
     assert state.step == 1 and list_checkpoints(checkpoint_dir(home, "sft"))
 
 
@@ -251,7 +251,7 @@ def test_an_imported_checkpoint_cannot_be_resumed_and_says_so(exported, tiny_hom
     home = Path(shutil.copytree(tiny_home, tmp_path / "home"))
     hf.import_model({"hf_dir": str(exported), "stage": "mid", "home": str(home)})
     with pytest.raises(UserError, match="holds weights only \\(imported\\): it cannot be resumed"):
-        run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "5", "--resume", "--home", str(home)))
+        run(flags_dict(*TINY_RUN, "--stage", "mid", "--num-iterations", "5", "--resume", "--home", str(home)))
 
 
 def test_import_sets_an_earlier_checkpoint_of_the_stage_aside(exported, trained_home, tmp_path):

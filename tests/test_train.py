@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from helpers import TINY, flags_dict, losses, lrs, step_records, train_cli, val_bpbs
+from helpers import TINY, TINY_RUN, flags_dict, losses, lrs, step_records, train_cli, val_bpbs
 from picochat import step as step_module
 from picochat import train as train_module
 from picochat.checkpoint import list_checkpoints, load_latest, load_model
@@ -451,8 +451,7 @@ def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
     run(flags_dict(*TINY, "--stage", "mid", "--num-iterations", "4", "--home", str(home)))
     out = capsys.readouterr().out
     assert f"starting from base checkpoint {home / 'checkpoints' / 'base' / 'step_000004.pt'}" in out
-    sft = ["--stage", "sft", "--dtype", "float32", "--compile", "false", "--eval-tokens", "256", "--device", "cpu",
-           "--device-batch-size", "2", "--max-seq-len", "64", "--num-iterations", "3", "--home", str(home)]
+    sft = [*TINY_RUN, "--stage", "sft", "--max-seq-len", "64", "--num-iterations", "3", "--home", str(home)]
     state = run(flags_dict(*sft))  # no shape flags: TrainConfig's defaults (depth 3, tied) are not the model's
     assert state.step == 3
     _, checkpoint = load_latest(home / "checkpoints" / "sft")
