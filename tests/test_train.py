@@ -455,7 +455,7 @@ def test_later_stages_start_from_the_previous_one_with_its_shape(home, capsys):
     state = run(flags_dict(*sft))  # no shape flags: TrainConfig's defaults (depth 3, tied) are not the model's
     assert state.step == 3
     _, checkpoint = load_latest(home / "checkpoints" / "sft")
-    # the shape came from mid's checkpoint (base's: depth 1, untied by TINY); the sequence length from the flag
+    # the shape came from mid's checkpoint (base's: depth 1, untied); the sequence length from the flag
     assert checkpoint["model_config"]["n_layer"] == 1 and checkpoint["model_config"]["sequence_len"] == 64
     # what the log, the checkpoint's settings and the fingerprint say is the model's shape
     shape = {"depth": 1, "head_dim": 64, "kv_head_ratio": 1, "tie_embeddings": False}
